@@ -1,0 +1,42 @@
+"""Registry keys and default AnnData slot names, in one place."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class _REGISTRY_KEYS_NT(NamedTuple):
+    X_KEY: str = "X"
+    MISSING_KEY: str = "missing"
+    NEIGHBORS_KEY: str = "spatial_nn"
+
+
+REGISTRY_KEYS = _REGISTRY_KEYS_NT()
+
+
+class _KEYS_NT(NamedTuple):
+    """Default AnnData slot names written or read by stmcdi."""
+
+    SPATIAL: str = "spatial"  # obsm: coordinates (n_obs, 2 | 3)
+    GRAPH: str = "spatial"  # prefix for obsp[f"{GRAPH}_connectivities"] / uns[f"{GRAPH}_neighbors"]
+    NEIGHBOR_TABLE: str = "spatial_nn"  # obsm: int64 (n_obs, 1 + k) = [row id, nb_1 .. nb_k]
+    IMPUTED: str = "imputed"  # layers: log-normalised, observed as given, missing filled
+    IMPUTED_STD: str = "imputed_std"  # layers: spread of the samples at the filled entries
+    LOGNORM: str = "lognorm"  # layers: written by stmcdi.pp.normalize
+    UNS: str = "stmcdi"  # uns: configuration of stmcdi.pp functions
+
+
+KEYS = _KEYS_NT()
+
+
+class _BATCH_KEYS_NT(NamedTuple):
+    """Keys of the tensors a neighbourhood batch carries (see ``stmcdi._data``)."""
+
+    COUNTS: str = "counts"  # (U, G) float32 counts of the U subgraph nodes, NaN where missing
+    LIBRARY: str = "library"  # (U,) library size from observed entries
+    EDGE_INDEX: str = "edge_index"  # (2, E) int64 local edges, source -> target (target aggregates)
+    N_SEED: str = "n_seed"  # (1,) int64: nodes 0 .. n_seed-1 are the batch's spots
+    ROW: str = "row"  # (B,) int64: absolute row of each seed spot
+
+
+BATCH_KEYS = _BATCH_KEYS_NT()
