@@ -1,0 +1,44 @@
+"""Benchmarking imputation: seeded hold-out protocols, metrics on the log-normalised scale, baselines, harness."""
+
+from ._baselines import BASELINES, expression_knn, gene_mean, low_rank, spatial_knn, spot_mean
+from ._evaluate import evaluate, summarize, to_markdown
+from ._masking import PROTOCOLS, HeldOut, hold_out
+from ._metrics import (
+    cosine,
+    crps_ensemble,
+    crps_gaussian,
+    interval_coverage,
+    mae,
+    pcc,
+    per_gene_pcc,
+    per_spot_pcc,
+    rmse,
+    score,
+    split_half_ceiling,
+)
+
+__all__ = [
+    "BASELINES",
+    "PROTOCOLS",
+    "HeldOut",
+    "cosine",
+    "crps_ensemble",
+    "crps_gaussian",
+    "evaluate",
+    "expression_knn",
+    "gene_mean",
+    "hold_out",
+    "interval_coverage",
+    "low_rank",
+    "mae",
+    "pcc",
+    "per_gene_pcc",
+    "per_spot_pcc",
+    "rmse",
+    "score",
+    "spatial_knn",
+    "spot_mean",
+    "split_half_ceiling",
+    "summarize",
+    "to_markdown",
+]
