@@ -1,0 +1,352 @@
+"""STMCDIModule: spatial GCN encoder + masked conditional diffusion over gene tokens (pure torch)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import torch
+from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
+
+from ._constants import BATCH_KEYS
+from .nn import GeneDenoiser, SpatialEncoder, ddim_timesteps, quadratic_beta_schedule
+
+MaskStrategy = Literal["entries", "spots", "genes"]
+EncoderChoice = Literal["gcn", "gat", "gin", "mlp", "none"]
+
+
+class STMCDIModule(BaseModuleClass):
+    r"""Masked conditional diffusion with a spatial graph encoder (stMCDI).
+
+    Data flow of a training step (see the docs page "Method"):
+
+    1. counts -> :math:`x = (\log(1 + c\,s/\ell) - \mu_g)/\sigma_g`, with library :math:`\ell` from observed
+       entries, target sum :math:`s` and per-gene :math:`\mu_g, \sigma_g` from observed training entries;
+    2. a random part (``mask_ratio``) of each batch spot's observed entries becomes the **target**; the rest
+       is the **condition**; missing entries are neither;
+    3. the encoder reads the neighbourhood with the targets hidden (values zeroed, indicator 0) and gives a
+       spatial code :math:`z` and its per-gene read-out :math:`\hat x`;
+    4. the targets are noised, :math:`x_t = \sqrt{\bar\alpha_t} x + \sqrt{1-\bar\alpha_t}\,\epsilon`, and the
+       denoiser predicts :math:`\epsilon` from :math:`x_t`, the condition, :math:`\hat x`, :math:`z`, the
+       conditioner's context and :math:`t`;
+    5. loss: mean squared error of :math:`\epsilon` over the target entries only.
+
+    Parameters
+    ----------
+    n_genes
+        Number of genes.
+    gene_mean, gene_std
+        Per-gene mean and sd of the observed log-normalised values (the scaling).
+    target_sum
+        Library size every spot is scaled to before ``log1p``.
+    gene_max
+        Per-gene largest observed log-normalised value. Samplers clip their estimate of the clean values to
+        ``[0, 1.5 * gene_max]`` at every step (standard "clipped x0" sampling); default: no upper bound.
+    encoder
+        ``"gcn"`` (paper), ``"gat"``, ``"gin"``, ``"mlp"`` (no messages between spots) or ``"none"`` (no
+        spatial input at all).
+    n_encoder_layers
+        Graph layers (the paper uses 3).
+    n_encoder_hidden, n_latent
+        Hidden width of the encoder and width of the spatial code :math:`z`.
+    n_channels, n_layers, n_heads, attention, n_latents, n_context, genes_per_token
+        Denoiser size (see :class:`~stmcdi.nn.GeneDenoiser`). ``genes_per_token=1`` gives one token per
+        gene (CSDI's form); the default groups 8 genes per token, ~5x cheaper on CPU.
+    n_diffusion_steps, beta_start, beta_end
+        Quadratic noise schedule (paper Eq. 36).
+    mask_ratio
+        Fraction of a spot's observed entries that become targets in training: a float, or a
+        ``(low, high)`` range drawn uniformly per spot.
+    mask_strategy
+        ``"entries"`` (random entries per spot), ``"spots"`` (all observed entries of a random part of the
+        spots) or ``"genes"`` (a random part of the genes, in every spot of the batch).
+    input_mask
+        Hide targets from the encoder (the paper's first mask). ``False`` is an ablation that leaks targets
+        into the spatial code during training.
+    representation_mask_ratio
+        Fraction of :math:`\hat x` entries zeroed in training (the paper's second mask).
+    dropout
+        Encoder dropout.
+    """
+
+    def __init__(
+        self,
+        n_genes: int,
+        gene_mean: np.ndarray,
+        gene_std: np.ndarray,
+        target_sum: float,
+        *,
+        gene_max: np.ndarray | None = None,
+        encoder: EncoderChoice = "gcn",
+        n_encoder_layers: int = 3,
+        n_encoder_hidden: int = 128,
+        n_latent: int = 32,
+        n_channels: int = 64,
+        n_layers: int = 2,
+        n_heads: int = 4,
+        attention: Literal["latent", "full"] = "latent",
+        n_latents: int = 16,
+        n_context: int = 16,
+        genes_per_token: int = 8,
+        n_diffusion_steps: int = 50,
+        beta_start: float = 1e-4,
+        beta_end: float = 0.5,
+        mask_ratio: float | Sequence[float] = (0.1, 0.9),
+        mask_strategy: MaskStrategy = "entries",
+        input_mask: bool = True,
+        representation_mask_ratio: float = 0.0,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        if mask_strategy not in ("entries", "spots", "genes"):
+            raise ValueError(f"mask_strategy must be 'entries', 'spots' or 'genes', got {mask_strategy!r}.")
+        lo, hi = (mask_ratio, mask_ratio) if np.isscalar(mask_ratio) else tuple(mask_ratio)
+        if not 0.0 < lo <= hi < 1.0:
+            raise ValueError(f"mask_ratio must lie in (0, 1) (a float or a (low, high) pair), got {mask_ratio!r}.")
+        if not 0.0 <= representation_mask_ratio < 1.0:
+            raise ValueError(f"representation_mask_ratio must be in [0, 1), got {representation_mask_ratio}.")
+        self.n_genes = n_genes
+        self.encoder_type = encoder
+        self.n_hops = 0 if encoder == "none" else n_encoder_layers
+        self.mask_ratio = (float(lo), float(hi))
+        self.mask_strategy = mask_strategy
+        self.input_mask = input_mask
+        self.representation_mask_ratio = representation_mask_ratio
+        self.n_diffusion_steps = n_diffusion_steps
+
+        # Float buffers only: EMA with integer buffers corrupts them (notes §3); these never change in training.
+        self.register_buffer("gene_mean", torch.as_tensor(np.asarray(gene_mean), dtype=torch.float32))
+        self.register_buffer("gene_std", torch.as_tensor(np.asarray(gene_std), dtype=torch.float32))
+        self.register_buffer("target_sum", torch.tensor(float(target_sum), dtype=torch.float32))
+        upper = np.full(n_genes, np.inf) if gene_max is None else 1.5 * np.asarray(gene_max, dtype=np.float64)
+        self.register_buffer("x0_low", -self.gene_mean / self.gene_std)  # log-normalised value 0
+        self.register_buffer(
+            "x0_high", (torch.as_tensor(upper, dtype=torch.float32) - self.gene_mean) / self.gene_std
+        )
+        betas = quadratic_beta_schedule(n_diffusion_steps, beta_start, beta_end)
+        alpha_bar = torch.cumprod(1.0 - betas, dim=0)
+        self.register_buffer("betas", betas.float())
+        self.register_buffer("alpha_bar", alpha_bar.float())
+
+        if encoder == "none":
+            self.encoder = None
+            self.readout = None
+        else:
+            self.encoder = SpatialEncoder(n_genes, n_encoder_hidden, n_latent, n_encoder_layers, encoder, dropout)
+            self.readout = torch.nn.Linear(n_latent, n_genes)
+        self.denoiser = GeneDenoiser(
+            n_genes,
+            n_spatial=0 if encoder == "none" else n_latent,
+            n_channels=n_channels,
+            n_layers=n_layers,
+            n_heads=n_heads,
+            attention=attention,
+            n_latents=n_latents,
+            n_context=n_context,
+            genes_per_token=genes_per_token,
+        )
+
+    # ----------------------------------------------------------------------------- scaling
+    def scale(self, counts: torch.Tensor, library: torch.Tensor) -> torch.Tensor:
+        """Counts (NaN = missing) -> scaled log-normalised values (NaN kept)."""
+        factor = torch.where(library > 0, self.target_sum / library.clamp_min(1e-12), torch.ones_like(library))
+        return (torch.log1p(counts * factor[:, None]) - self.gene_mean) / self.gene_std
+
+    def unscale(self, x: torch.Tensor) -> torch.Tensor:
+        """Scaled values -> log-normalised values."""
+        return x * self.gene_std + self.gene_mean
+
+    # ----------------------------------------------------------------------------- masks
+    def sample_targets(self, observed: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Draw the training targets among the observed entries (``mask_strategy``, ``mask_ratio``)."""
+        b, g = observed.shape
+        dev = observed.device
+        lo, hi = self.mask_ratio
+        ratio = lo + (hi - lo) * torch.rand(b, 1, device=dev, generator=generator)
+        if self.mask_strategy == "entries":
+            target = torch.rand(b, g, device=dev, generator=generator) < ratio
+        elif self.mask_strategy == "spots":
+            target = (torch.rand(b, 1, device=dev, generator=generator) < ratio).expand(b, g)
+        else:  # genes
+            target = (torch.rand(1, g, device=dev, generator=generator) < ratio[:1]).expand(b, g)
+        target = target & observed
+        if self.mask_strategy == "entries":
+            # keep at least one target per spot that has an observed entry
+            empty = ~target.any(dim=1) & observed.any(dim=1)
+            if empty.any():
+                scores = torch.rand(b, g, device=dev, generator=generator).masked_fill(~observed, -1.0)
+                first = torch.zeros_like(target).scatter_(1, scores.argmax(dim=1, keepdim=True), True)
+                target = target | (first & empty[:, None])
+        return target
+
+    # ----------------------------------------------------------------------------- scvi contract
+    def _get_inference_input(self, tensors: dict[str, torch.Tensor], **kwargs) -> dict:
+        return {
+            "counts": tensors[BATCH_KEYS.COUNTS],
+            "library": tensors[BATCH_KEYS.LIBRARY],
+            "edge_index": tensors[BATCH_KEYS.EDGE_INDEX],
+            "n_seed": tensors[BATCH_KEYS.ROW].shape[0],
+        }
+
+    @auto_move_data
+    def inference(
+        self,
+        counts: torch.Tensor,
+        library: torch.Tensor,
+        edge_index: torch.Tensor,
+        n_seed: int,
+        target: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Choose targets, hide them, encode the neighbourhood and the visible part.
+
+        With ``target=None`` the targets are drawn among observed entries (training); at imputation the
+        caller passes the entries to fill.
+        """
+        x = self.scale(counts, library)
+        observed = ~torch.isnan(x)
+        x = torch.nan_to_num(x, nan=0.0)
+        obs_seed = observed[:n_seed]
+        if target is None:
+            target = self.sample_targets(obs_seed, generator)
+        target = target.to(torch.bool)
+        cond = obs_seed & ~target
+        visible = observed.clone()
+        if self.input_mask:
+            visible[:n_seed] = cond
+        visible_f = visible.to(x.dtype)
+        x_seed = x[:n_seed]
+        cond_f = cond.to(x.dtype)
+
+        if self.encoder is None:
+            z = None
+            x_hat = torch.zeros_like(x_seed)
+        else:
+            z = self.encoder(torch.cat([x * visible_f, visible_f], dim=-1), edge_index)[:n_seed]
+            x_hat = self.readout(z)
+            if self.training and self.representation_mask_ratio > 0:
+                keep = torch.rand(x_hat.shape, device=x_hat.device, generator=generator)
+                x_hat = x_hat * (keep >= self.representation_mask_ratio).to(x_hat.dtype)
+        context = self.denoiser.context(x_seed, cond_f)
+        return {"x": x_seed, "target": target, "cond": cond_f, "z": z, "x_hat": x_hat, "context": context}
+
+    def _get_generative_input(self, tensors, inference_outputs, **kwargs) -> dict:
+        return dict(inference_outputs)
+
+    def denoise(self, x_t, t, x, target, cond, z, x_hat, context) -> torch.Tensor:
+        """Predicted noise at every entry, from the noisy targets and the condition."""
+        return self.denoiser(x_t * target, x, cond, x_hat, z, t, context)
+
+    @auto_move_data
+    def generative(
+        self,
+        x: torch.Tensor,
+        target: torch.Tensor,
+        cond: torch.Tensor,
+        z: torch.Tensor | None,
+        x_hat: torch.Tensor,
+        context: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Noise the targets at a random step and predict the noise."""
+        b = x.shape[0]
+        t = torch.randint(0, self.n_diffusion_steps, (b,), device=x.device, generator=generator)
+        noise = torch.randn(x.shape, device=x.device, generator=generator)
+        ab = self.alpha_bar[t][:, None]
+        x_t = ab.sqrt() * x + (1.0 - ab).sqrt() * noise
+        tf = target.to(x.dtype)
+        eps = self.denoise(x_t, t, x, tf, cond, z, x_hat, context)
+        return {"eps": eps, "noise": noise, "t": t}
+
+    def loss(self, tensors, inference_outputs, generative_outputs) -> LossOutput:
+        """Mean squared noise-prediction error over the target entries (paper Eq. 12)."""
+        target = inference_outputs["target"].to(generative_outputs["eps"].dtype)
+        sq = (generative_outputs["eps"] - generative_outputs["noise"]) ** 2 * target
+        n_target = target.sum(dim=1)
+        loss = sq.sum() / target.sum().clamp_min(1.0)
+        per_spot = sq.sum(dim=1) / n_target.clamp_min(1.0)
+        return LossOutput(
+            loss=loss,
+            reconstruction_loss=per_spot,
+            n_obs_minibatch=target.shape[0],
+            extra_metrics={"target_fraction": target.mean().detach()},
+        )
+
+    # ----------------------------------------------------------------------------- sampling
+    @torch.inference_mode()
+    @auto_move_data
+    def sample(
+        self,
+        counts: torch.Tensor,
+        library: torch.Tensor,
+        edge_index: torch.Tensor,
+        n_seed: int,
+        n_samples: int = 10,
+        sampler: Literal["ddim", "ddpm"] = "ddim",
+        n_steps: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Fill the missing entries of the first ``n_seed`` spots by reverse diffusion.
+
+        The reverse chain starts from Gaussian noise at the entries to fill (NaN in ``counts``); the
+        condition is the observed entries and the spatial code. ``sampler="ddpm"`` runs the ancestral
+        sampler of the paper over all steps; ``"ddim"`` the deterministic DDIM sampler (Song et al. 2021)
+        over ``n_steps`` evenly spaced steps (default 20).
+
+        Returns
+        -------
+        ``(n_samples, n_seed, G)`` samples on the log-normalised scale; observed entries hold their value.
+        """
+        inf = self.inference(counts, library, edge_index, n_seed, target=torch.isnan(counts[:n_seed]))
+        s = int(n_samples)
+        rep = lambda v: None if v is None else v.repeat_interleave(s, dim=0)  # noqa: E731
+        x, target, cond = rep(inf["x"]), rep(inf["target"]).to(inf["x"].dtype), rep(inf["cond"])
+        z, x_hat, context = rep(inf["z"]), rep(inf["x_hat"]), rep(inf["context"])
+        # noise drawn on the generator's device (CPU by default) so results do not depend on the accelerator
+        gen_device = generator.device if generator is not None else torch.device("cpu")
+        randn = lambda: torch.randn(x.shape, generator=generator, device=gen_device).to(x.device)  # noqa: E731
+        xt = randn()
+        n = x.shape[0]
+        clip = lambda v: torch.maximum(torch.minimum(v, self.x0_high), self.x0_low)  # noqa: E731
+        if sampler == "ddpm":
+            for t in range(self.n_diffusion_steps - 1, -1, -1):
+                tt = torch.full((n,), t, device=x.device, dtype=torch.long)
+                eps = self.denoise(xt, tt, x, target, cond, z, x_hat, context)
+                beta, ab = self.betas[t], self.alpha_bar[t]
+                x0 = clip((xt - (1.0 - ab).sqrt() * eps) / ab.sqrt())
+                if t > 0:
+                    ab_prev = self.alpha_bar[t - 1]
+                    # posterior q(x_{t-1} | x_t, x0) of Ho et al. (2020), Eq. 6-7
+                    mean = (ab_prev.sqrt() * beta * x0 + (1.0 - beta).sqrt() * (1.0 - ab_prev) * xt) / (1.0 - ab)
+                    var = beta * (1.0 - ab_prev) / (1.0 - ab)
+                    xt = mean + var.sqrt() * randn()
+                else:
+                    xt = x0
+        elif sampler == "ddim":
+            steps = ddim_timesteps(self.n_diffusion_steps, n_steps or min(20, self.n_diffusion_steps))
+            for i, t in enumerate(steps):
+                tt = torch.full((n,), t, device=x.device, dtype=torch.long)
+                eps = self.denoise(xt, tt, x, target, cond, z, x_hat, context)
+                ab = self.alpha_bar[t]
+                x0 = clip((xt - (1.0 - ab).sqrt() * eps) / ab.sqrt())
+                if i + 1 < len(steps):
+                    ab_prev = self.alpha_bar[steps[i + 1]]
+                    eps = (xt - ab.sqrt() * x0) / (1.0 - ab).sqrt()  # noise consistent with the clipped x0
+                    xt = ab_prev.sqrt() * x0 + (1.0 - ab_prev).sqrt() * eps
+                else:
+                    xt = x0
+        else:
+            raise ValueError(f"sampler must be 'ddim' or 'ddpm', got {sampler!r}.")
+        filled = torch.where(target.bool(), xt, x)
+        values = self.unscale(filled).clamp_min(0.0)  # log-normalised values are >= 0
+        return values.view(-1, s, self.n_genes).transpose(0, 1)
+
+    @torch.inference_mode()
+    @auto_move_data
+    def encode(self, counts, library, edge_index, n_seed: int) -> torch.Tensor:
+        """Spatial code :math:`z` of the first ``n_seed`` spots, every observed entry visible."""
+        if self.encoder is None:
+            raise ValueError("This model has encoder='none': it has no spatial representation.")
+        inf = self.inference(counts, library, edge_index, n_seed, target=torch.isnan(counts[:n_seed]))
+        return inf["z"]

@@ -1,0 +1,88 @@
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import stmcdi
+from stmcdi._data import NeighborhoodCollate
+
+# chain 0 -> 1 -> 2 -> 3 -> 4 (row i lists i's single neighbour)
+TABLE = np.array([[0, 1], [1, 2], [2, 3], [3, 4], [4, 3]])
+
+
+def counts():
+    c = np.arange(10, dtype=np.float32).reshape(5, 2)
+    c[2, 1] = np.nan
+    return c
+
+
+def test_neighbourhood_nodes_edges_and_missing():
+    col = NeighborhoodCollate(counts(), TABLE, n_hops=2)
+    out = col({"spatial_nn": TABLE[[0]]})
+    assert out["row"].tolist() == [0]
+    assert out["counts"].shape == (3, 2)  # nodes 0 (seed), 1, 2
+    np.testing.assert_array_equal(out["counts"][:, 0].numpy(), [0, 2, 4])
+    assert np.isnan(out["counts"][2, 1].item())
+    src, dst = out["edge_index"].numpy()
+    assert sorted(zip(src.tolist(), dst.tolist())) == [(1, 0), (2, 1)]
+    # the library sums observed entries only
+    np.testing.assert_allclose(out["library"].numpy(), [1.0, 5.0, 4.0])
+
+
+def test_seeds_come_first_and_are_not_duplicated():
+    col = NeighborhoodCollate(counts(), TABLE, n_hops=3)
+    out = col({"spatial_nn": TABLE[[3, 1]]})
+    assert out["row"].tolist() == [3, 1]
+    np.testing.assert_array_equal(out["counts"][:2, 0].numpy(), [6, 2])
+    assert out["counts"].shape[0] == 4  # 3, 1, then 4, 2
+    dst = out["edge_index"][1].numpy()
+    assert set(dst.tolist()) <= {0, 1, 2, 3}
+
+
+def test_zero_hops_and_zeros_missing_and_mask():
+    mask = sp.csr_matrix(np.eye(5, 2, dtype=bool))
+    col = NeighborhoodCollate(counts(), TABLE, n_hops=0, missing=mask, zeros_missing=True)
+    out = col({"spatial_nn": TABLE[[0, 1]]})
+    assert out["edge_index"].shape == (2, 0)
+    c = out["counts"].numpy()
+    assert np.isnan(c[0, 0]) and np.isnan(c[1, 1]) and c[0, 1] == 1.0
+    np.testing.assert_allclose(out["library"].numpy(), [1.0, 2.0])
+
+
+def test_neighbourhood_size_does_not_grow_with_section(rng):
+    sizes = []
+    for n in (400, 4000):
+        adata = stmcdi.datasets.synthetic(n_spots=n, n_genes=5, seed=0)
+        table = stmcdi.pp.spatial_graph(adata, copy=True)
+        col = NeighborhoodCollate(adata.X, table, n_hops=3)
+        seeds = rng.choice(n, 32, replace=False)
+        sizes.append(col({"spatial_nn": table[seeds]})["counts"].shape[0])
+    assert max(sizes) <= 32 * (1 + 5 + 25 + 125)
+    assert sizes[1] < 2 * sizes[0] + 200  # bounded by batch and k, not by the number of spots
+
+
+def test_deepcopy_shares_the_store():
+    import copy
+
+    col = NeighborhoodCollate(counts(), TABLE, n_hops=1)
+    assert copy.deepcopy(col) is col
+
+
+@pytest.mark.parametrize("n_hops", [1, 2, 3])
+def test_gathered_encoder_equals_full_graph_encoder(n_hops, small_adata):
+    import torch
+
+    from stmcdi.nn import SpatialEncoder
+
+    table = small_adata.obsm["spatial_nn"]
+    col = NeighborhoodCollate(small_adata.X, table, n_hops=n_hops)
+    torch.manual_seed(0)
+    enc = SpatialEncoder(small_adata.n_vars, 8, 4, n_layers=n_hops).eval()
+    full_x = torch.log1p(torch.as_tensor(small_adata.X.toarray()))
+    full_x = torch.cat([full_x, torch.ones_like(full_x)], 1)
+    full_edges = torch.as_tensor(np.stack([table[:, 1:].ravel(), np.repeat(np.arange(len(table)), 5)]))
+    full = enc(full_x, full_edges)
+    seeds = np.array([3, 50, 77])
+    out = col({"spatial_nn": table[seeds]})
+    x = torch.log1p(out["counts"])
+    local = enc(torch.cat([x, torch.ones_like(x)], 1), out["edge_index"])[:3]
+    torch.testing.assert_close(local, full[seeds], rtol=1e-4, atol=1e-5)
