@@ -66,8 +66,17 @@ class STMCDIModule(BaseModuleClass):
         into the spatial code during training.
     representation_mask_ratio
         Fraction of :math:`\hat x` entries zeroed in training (the paper's second mask).
+    readout_loss_weight
+        Weight of the masked read-out loss, the squared error of :math:`\hat x` at the target entries. It
+        gives the spatial encoder a direct training signal (without it, :math:`\hat x` learns only through
+        the noise loss and carries little per-gene information). ``0`` turns it off.
+    residual
+        Diffuse the residual :math:`x - \hat x` (with :math:`\hat x` detached) instead of :math:`x`:
+        sampling starts from Gaussian noise around the read-out, so the sample mean starts from the
+        read-out's accuracy and the diffusion models what is left and its spread.
     dropout
-        Encoder dropout.
+        Dropout between encoder layers (0.1 curbed over-fitting of the read-out on the 262-spot mouse
+        olfactory bulb).
     """
 
     def __init__(
@@ -96,7 +105,9 @@ class STMCDIModule(BaseModuleClass):
         mask_strategy: MaskStrategy = "entries",
         input_mask: bool = True,
         representation_mask_ratio: float = 0.0,
-        dropout: float = 0.0,
+        readout_loss_weight: float = 1.0,
+        residual: bool = True,
+        dropout: float = 0.1,
     ):
         super().__init__()
         if mask_strategy not in ("entries", "spots", "genes"):
@@ -113,6 +124,8 @@ class STMCDIModule(BaseModuleClass):
         self.mask_strategy = mask_strategy
         self.input_mask = input_mask
         self.representation_mask_ratio = representation_mask_ratio
+        self.readout_loss_weight = float(readout_loss_weight)
+        self.residual = bool(residual) and encoder != "none"
         self.n_diffusion_steps = n_diffusion_steps
 
         # Float buffers only: EMA with integer buffers corrupts them (notes §3); these never change in training.
@@ -221,15 +234,21 @@ class STMCDIModule(BaseModuleClass):
 
         if self.encoder is None:
             z = None
-            x_hat = torch.zeros_like(x_seed)
+            readout = torch.zeros_like(x_seed)
         else:
             z = self.encoder(torch.cat([x * visible_f, visible_f], dim=-1), edge_index)[:n_seed]
-            x_hat = self.readout(z)
-            if self.training and self.representation_mask_ratio > 0:
-                keep = torch.rand(x_hat.shape, device=x_hat.device, generator=generator)
-                x_hat = x_hat * (keep >= self.representation_mask_ratio).to(x_hat.dtype)
+            readout = self.readout(z)
+        x_hat = readout
+        if self.training and self.representation_mask_ratio > 0:
+            keep = torch.rand(x_hat.shape, device=x_hat.device, generator=generator)
+            x_hat = x_hat * (keep >= self.representation_mask_ratio).to(x_hat.dtype)
+        # the residual is taken from the un-remasked read-out, detached: the read-out learns from its own loss
+        base = readout.detach() if self.residual else torch.zeros_like(x_seed)
         context = self.denoiser.context(x_seed, cond_f)
-        return {"x": x_seed, "target": target, "cond": cond_f, "z": z, "x_hat": x_hat, "context": context}
+        return {
+            "x": x_seed, "target": target, "cond": cond_f, "z": z, "x_hat": x_hat, "readout": readout,
+            "base": base, "context": context,
+        }
 
     def _get_generative_input(self, tensors, inference_outputs, **kwargs) -> dict:
         return dict(inference_outputs)
@@ -246,31 +265,40 @@ class STMCDIModule(BaseModuleClass):
         cond: torch.Tensor,
         z: torch.Tensor | None,
         x_hat: torch.Tensor,
+        base: torch.Tensor,
         context: torch.Tensor,
         generator: torch.Generator | None = None,
+        **kwargs,
     ) -> dict[str, torch.Tensor]:
-        """Noise the targets at a random step and predict the noise."""
+        """Noise the targets (their residual from ``base``) at a random step and predict the noise."""
         b = x.shape[0]
         t = torch.randint(0, self.n_diffusion_steps, (b,), device=x.device, generator=generator)
         noise = torch.randn(x.shape, device=x.device, generator=generator)
         ab = self.alpha_bar[t][:, None]
-        x_t = ab.sqrt() * x + (1.0 - ab).sqrt() * noise
+        x_t = ab.sqrt() * (x - base) + (1.0 - ab).sqrt() * noise
         tf = target.to(x.dtype)
         eps = self.denoise(x_t, t, x, tf, cond, z, x_hat, context)
         return {"eps": eps, "noise": noise, "t": t}
 
     def loss(self, tensors, inference_outputs, generative_outputs) -> LossOutput:
-        """Mean squared noise-prediction error over the target entries (paper Eq. 12)."""
+        """Noise-prediction error over the target entries (paper Eq. 12) plus the weighted read-out error."""
         target = inference_outputs["target"].to(generative_outputs["eps"].dtype)
+        n_target = target.sum().clamp_min(1.0)
         sq = (generative_outputs["eps"] - generative_outputs["noise"]) ** 2 * target
-        n_target = target.sum(dim=1)
-        loss = sq.sum() / target.sum().clamp_min(1.0)
-        per_spot = sq.sum(dim=1) / n_target.clamp_min(1.0)
+        diffusion = sq.sum() / n_target
+        per_spot = sq.sum(dim=1) / target.sum(dim=1).clamp_min(1.0)
+        readout = (inference_outputs["readout"] - inference_outputs["x"]) ** 2 * target
+        readout_loss = readout.sum() / n_target
+        loss = diffusion + self.readout_loss_weight * readout_loss if self.encoder is not None else diffusion
         return LossOutput(
             loss=loss,
             reconstruction_loss=per_spot,
             n_obs_minibatch=target.shape[0],
-            extra_metrics={"target_fraction": target.mean().detach()},
+            extra_metrics={
+                "diffusion_loss": diffusion.detach(),
+                "readout_loss": readout_loss.detach(),
+                "target_fraction": target.mean().detach(),
+            },
         )
 
     # ----------------------------------------------------------------------------- sampling
@@ -292,7 +320,7 @@ class STMCDIModule(BaseModuleClass):
         The reverse chain starts from Gaussian noise at the entries to fill (NaN in ``counts``); the
         condition is the observed entries and the spatial code. ``sampler="ddpm"`` runs the ancestral
         sampler of the paper over all steps; ``"ddim"`` the deterministic DDIM sampler (Song et al. 2021)
-        over ``n_steps`` evenly spaced steps (default 20).
+        over ``n_steps`` evenly spaced steps (default 10).
 
         Returns
         -------
@@ -302,13 +330,14 @@ class STMCDIModule(BaseModuleClass):
         s = int(n_samples)
         rep = lambda v: None if v is None else v.repeat_interleave(s, dim=0)  # noqa: E731
         x, target, cond = rep(inf["x"]), rep(inf["target"]).to(inf["x"].dtype), rep(inf["cond"])
-        z, x_hat, context = rep(inf["z"]), rep(inf["x_hat"]), rep(inf["context"])
+        z, x_hat, context, base = rep(inf["z"]), rep(inf["x_hat"]), rep(inf["context"]), rep(inf["base"])
         # noise drawn on the generator's device (CPU by default) so results do not depend on the accelerator
         gen_device = generator.device if generator is not None else torch.device("cpu")
         randn = lambda: torch.randn(x.shape, generator=generator, device=gen_device).to(x.device)  # noqa: E731
         xt = randn()
         n = x.shape[0]
-        clip = lambda v: torch.maximum(torch.minimum(v, self.x0_high), self.x0_low)  # noqa: E731
+        # the chain runs on the residual r = x - base; clip the implied clean value base + r to the data range
+        clip = lambda r: torch.maximum(torch.minimum(base + r, self.x0_high), self.x0_low) - base  # noqa: E731
         if sampler == "ddpm":
             for t in range(self.n_diffusion_steps - 1, -1, -1):
                 tt = torch.full((n,), t, device=x.device, dtype=torch.long)
@@ -324,7 +353,7 @@ class STMCDIModule(BaseModuleClass):
                 else:
                     xt = x0
         elif sampler == "ddim":
-            steps = ddim_timesteps(self.n_diffusion_steps, n_steps or min(20, self.n_diffusion_steps))
+            steps = ddim_timesteps(self.n_diffusion_steps, n_steps or min(10, self.n_diffusion_steps))
             for i, t in enumerate(steps):
                 tt = torch.full((n,), t, device=x.device, dtype=torch.long)
                 eps = self.denoise(xt, tt, x, target, cond, z, x_hat, context)
@@ -338,7 +367,7 @@ class STMCDIModule(BaseModuleClass):
                     xt = x0
         else:
             raise ValueError(f"sampler must be 'ddim' or 'ddpm', got {sampler!r}.")
-        filled = torch.where(target.bool(), xt, x)
+        filled = torch.where(target.bool(), base + xt, x)
         values = self.unscale(filled).clamp_min(0.0)  # log-normalised values are >= 0
         return values.view(-1, s, self.n_genes).transpose(0, 1)
 

@@ -57,7 +57,7 @@ def test_evaluate_custom_method_receives_masked_data():
     adata = _data()
     seen = {}
 
-    def oracle_free(adata_masked, *, layer=None, seed=0):
+    def oracle_free(adata_masked, *, layer=None, seed=0, target="missing"):
         X = adata_masked.layers[layer] if layer else adata_masked.X
         seen["n_nan"] = int(np.isnan(X.data).sum())
         seen["seed"] = seed

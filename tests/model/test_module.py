@@ -11,6 +11,7 @@ def make_module(g=12, **kw):
     kw.setdefault("n_encoder_hidden", 8)
     kw.setdefault("n_latent", 4)
     kw.setdefault("genes_per_token", 3)
+    kw.setdefault("dropout", 0.0)
     return STMCDIModule(g, np.zeros(g), np.ones(g), 100.0, **kw)
 
 
@@ -75,9 +76,17 @@ def test_loss_counts_target_entries_only():
     gen = torch.Generator().manual_seed(0)
     inf, gen_out, loss = mod(b, inference_kwargs={"generator": gen}, generative_kwargs={"generator": gen})
     t = inf["target"].float()
-    manual = (((gen_out["eps"] - gen_out["noise"]) ** 2) * t).sum() / t.sum()
-    torch.testing.assert_close(loss.loss, manual)
+    diffusion = (((gen_out["eps"] - gen_out["noise"]) ** 2) * t).sum() / t.sum()
+    readout = (((inf["readout"] - inf["x"]) ** 2) * t).sum() / t.sum()
+    torch.testing.assert_close(loss.loss, diffusion + readout)
+    torch.testing.assert_close(loss.extra_metrics["diffusion_loss"], diffusion.detach())
     assert not (inf["target"] & torch.isnan(b["counts"][:2])).any()
+    # the residual base is the detached read-out; without residual diffusion it is zero
+    torch.testing.assert_close(inf["base"], inf["readout"].detach())
+    flat = make_module(residual=False, readout_loss_weight=0.0).train()
+    inf2, _, loss2 = flat(b, inference_kwargs={"generator": torch.Generator().manual_seed(0)})
+    assert torch.count_nonzero(inf2["base"]) == 0
+    torch.testing.assert_close(loss2.loss, loss2.extra_metrics["diffusion_loss"])
 
 
 def test_sampling_keeps_observed_and_is_seeded():

@@ -16,6 +16,7 @@ from ._metrics import (
     score,
     split_half_ceiling,
 )
+from ._stmcdi import stmcdi_method
 
 __all__ = [
     "BASELINES",
@@ -39,6 +40,7 @@ __all__ = [
     "spatial_knn",
     "spot_mean",
     "split_half_ceiling",
+    "stmcdi_method",
     "summarize",
     "to_markdown",
 ]

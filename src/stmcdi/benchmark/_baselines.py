@@ -270,33 +270,50 @@ def low_rank(
     return _fill(x, z + mu)
 
 
-def _lognorm(adata: AnnData, layer: str | None) -> np.ndarray:
+def _lognorm(adata: AnnData, layer: str | None, target: str = "missing") -> np.ndarray:
+    """Log-normalised masked data; with ``target="zeros"`` zero entries also become NaN (to be filled)."""
     x, _, _ = log_normalize(get_layer(adata, layer))
-    return x.astype(np.float64)
+    x = x.astype(np.float64)
+    if target == "zeros":
+        x[x == 0] = np.nan
+    elif target != "missing":
+        raise ValueError(f"target must be 'missing' or 'zeros', got {target!r}.")
+    return x
 
 
-def _method_gene_mean(adata: AnnData, *, layer: str | None = None, seed: int = 0) -> np.ndarray:
-    return gene_mean(_lognorm(adata, layer))
+def _method_gene_mean(
+    adata: AnnData, *, layer: str | None = None, seed: int = 0, target: str = "missing"
+) -> np.ndarray:
+    return gene_mean(_lognorm(adata, layer, target))
 
 
-def _method_spot_mean(adata: AnnData, *, layer: str | None = None, seed: int = 0) -> np.ndarray:
-    return spot_mean(_lognorm(adata, layer))
+def _method_spot_mean(
+    adata: AnnData, *, layer: str | None = None, seed: int = 0, target: str = "missing"
+) -> np.ndarray:
+    return spot_mean(_lognorm(adata, layer, target))
 
 
-def _method_expression_knn(adata: AnnData, *, layer: str | None = None, seed: int = 0) -> np.ndarray:
-    return expression_knn(_lognorm(adata, layer), seed=seed)
+def _method_expression_knn(
+    adata: AnnData, *, layer: str | None = None, seed: int = 0, target: str = "missing"
+) -> np.ndarray:
+    return expression_knn(_lognorm(adata, layer, target), seed=seed)
 
 
-def _method_spatial_knn(adata: AnnData, *, layer: str | None = None, seed: int = 0) -> np.ndarray:
-    return spatial_knn(_lognorm(adata, layer), get_coordinates(adata, KEYS.SPATIAL))
+def _method_spatial_knn(
+    adata: AnnData, *, layer: str | None = None, seed: int = 0, target: str = "missing"
+) -> np.ndarray:
+    return spatial_knn(_lognorm(adata, layer, target), get_coordinates(adata, KEYS.SPATIAL))
 
 
-def _method_low_rank(adata: AnnData, *, layer: str | None = None, seed: int = 0) -> np.ndarray:
-    return low_rank(_lognorm(adata, layer))
+def _method_low_rank(
+    adata: AnnData, *, layer: str | None = None, seed: int = 0, target: str = "missing"
+) -> np.ndarray:
+    return low_rank(_lognorm(adata, layer, target))
 
 
-#: Baseline *methods* ``method(adata_masked, *, layer=None, seed=0) -> np.ndarray``: each log-normalises the
-#: masked counts with :func:`stmcdi.pp.log_normalize` and returns the dense imputed matrix on that scale.
+#: The baseline methods, each called as ``method(adata_masked, *, layer=None, seed=0, target="missing")``. Each
+#: log-normalises the masked counts with :func:`stmcdi.pp.log_normalize` and returns the dense imputed matrix on
+#: that scale. ``target="zeros"`` (the ``thin`` protocol) fills zero entries too, as ``STMCDI.impute`` does.
 BASELINES: dict[str, Callable[..., np.ndarray]] = {
     "gene_mean": _method_gene_mean,
     "spot_mean": _method_spot_mean,

@@ -50,9 +50,10 @@ def evaluate(
     adata
         Annotated data with raw counts (and ``obsm["spatial"]`` for spatial methods). Not modified.
     methods
-        Mapping name -> ``method(adata_masked, *, layer, seed) -> np.ndarray`` returning the dense
+        Mapping name -> ``method(adata_masked, *, layer, seed, target) -> np.ndarray`` returning the dense
         ``(n_obs, n_vars)`` imputation on the log-normalised scale of the masked data (see
-        :data:`~stmcdi.benchmark.BASELINES`). Default: all baselines.
+        :data:`~stmcdi.benchmark.BASELINES`); ``target`` is ``"zeros"`` for the ``thin`` protocol (fill the
+        visible zeros) and ``"missing"`` otherwise. Default: all baselines.
     protocols
         Hold-out protocols, see :func:`~stmcdi.benchmark.hold_out`.
     ratio
@@ -86,7 +87,7 @@ def evaluate(
         raise ValueError("`methods` is empty; pass a dict name -> method, or None for all baselines.")
     for name, fn in methods.items():
         if not callable(fn):
-            raise TypeError(f"methods[{name!r}] is not callable; expected method(adata_masked, *, layer, seed).")
+            raise TypeError(f"methods[{name!r}] is not callable; expected method(adata_masked, *, layer, seed, target).")
     if isinstance(protocols, str):
         protocols = (protocols,)
     bad = [p for p in protocols if p not in PROTOCOLS]
@@ -103,7 +104,9 @@ def evaluate(
             logger.info("protocol=%s ratio=%g seed=%d: %d entries held out", protocol, r, seed, held.n_scored)
             for name, method in methods.items():
                 t0 = time.perf_counter()
-                pred = method(held.adata, layer=layer, seed=int(seed))
+                # thin scores the visible zeros: every method is asked to fill zeros as well as NaN
+                target = "zeros" if protocol == "thin" else "missing"
+                pred = method(held.adata, layer=layer, seed=int(seed), target=target)
                 seconds = time.perf_counter() - t0
                 s = score(held, np.asarray(pred), min_entries=min_entries)
                 logger.info("  %s: per-gene PCC %.4f, RMSE %.4f (%.2f s)", name, s["per_gene_pcc"], s["rmse"], seconds)

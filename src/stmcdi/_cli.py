@@ -1,0 +1,253 @@
+"""The ``stmcdi`` command line: ``demo``, ``impute`` and ``benchmark``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger("stmcdi")
+
+
+def _quiet_lightning() -> None:
+    for name in ("lightning.pytorch", "lightning.fabric", "scvi", "squidpy"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=UserWarning, module="lightning")
+    warnings.filterwarnings("ignore", category=SyntaxWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model and training")
+    g.add_argument("--epochs", type=int, default=None, help="training epochs (default: ~1000 optimizer steps)")
+    g.add_argument("--batch-size", type=int, default=64, help="spots per minibatch (default 64)")
+    g.add_argument("--accelerator", default="auto", help="'auto', 'cpu' or 'gpu' (default auto)")
+    g.add_argument("--devices", default="auto", help="devices (default auto: one GPU if present)")
+    g.add_argument("--n-samples", type=int, default=20, help="diffusion samples per spot (default 20)")
+    g.add_argument("--n-steps", type=int, default=None, help="DDIM steps (default 10)")
+    g.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim")
+    g.add_argument("--encoder", choices=("gcn", "gat", "gin", "mlp", "none"), default="gcn")
+    g.add_argument("--seed", type=int, default=0, help="seed of training and sampling (default 0)")
+    g.add_argument("--progress", action="store_true", help="show the per-epoch progress bar")
+
+
+def _model_kwargs(args) -> tuple[dict, dict, dict]:
+    devices = args.devices if args.devices == "auto" else int(args.devices)
+    train = {
+        "max_epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "accelerator": args.accelerator,
+        "devices": devices,
+        "enable_progress_bar": args.progress,
+    }
+    impute = {"n_samples": args.n_samples, "n_steps": args.n_steps, "sampler": args.sampler}
+    return {"encoder": args.encoder}, train, impute
+
+
+def _add_panel_args(p: argparse.ArgumentParser, default_genes: int | None) -> None:
+    p.add_argument("--layer", default=None, help="layer with raw counts (default: X)")
+    p.add_argument("--n-genes", type=int, default=default_genes,
+                   help=f"impute this many selected genes (default {default_genes}; 0 keeps all)")
+    p.add_argument("--panel", choices=("seurat_v3", "cv"), default="seurat_v3",
+                   help="gene panel: scanpy seurat_v3 HVG (default) or the paper's coefficient of variation")
+
+
+def _select(adata, args):
+    import stmcdi
+
+    if args.n_genes and args.n_genes < adata.n_vars:
+        stmcdi.pp.select_genes(adata, args.n_genes, flavor=args.panel, layer=args.layer, subset=True)
+    return adata
+
+
+def _table(adata, held, results: dict[str, np.ndarray], ceiling: float | None) -> str:
+    import pandas as pd
+
+    import stmcdi
+
+    rows = []
+    for name, (pred, seconds) in results.items():
+        s = stmcdi.benchmark.score(held, pred)
+        rows.append({"method": name, **{k: s[k] for k in ("per_gene_pcc", "pcc", "rmse", "mae")}, "seconds": seconds})
+    df = pd.DataFrame(rows).sort_values("per_gene_pcc", ascending=False, na_position="last")
+    if ceiling is not None:
+        df["per_gene_pcc / ceiling"] = df["per_gene_pcc"] / ceiling
+    return df.to_string(index=False, float_format=lambda v: f"{v:.3f}")
+
+
+def cmd_demo(args) -> int:
+    """Synthetic section: hold out 10% of entries, train, impute, compare with the baselines, save a figure."""
+    import scvi
+
+    import stmcdi
+
+    t0 = time.perf_counter()
+    scvi.settings.seed = args.seed
+    adata = stmcdi.datasets.synthetic(n_spots=args.n_spots, n_genes=args.n_genes, seed=args.seed)
+    held = stmcdi.benchmark.hold_out(adata, "entries", 0.1, seed=args.seed)
+    print(f"Synthetic section: {adata.n_obs} spots x {adata.n_vars} genes; "
+          f"held out {held.n_scored} entries (10%, protocol 'entries', seed {args.seed}).")
+    model_kw, train_kw, impute_kw = _model_kwargs(args)
+    masked = held.adata
+    stmcdi.pp.spatial_graph(masked)
+    stmcdi.STMCDI.setup_anndata(masked)
+    model = stmcdi.STMCDI(masked, **model_kw)
+    t1 = time.perf_counter()
+    model.train(**train_kw)
+    model.impute(seed=args.seed, **impute_kw)
+    t_model = time.perf_counter() - t1
+    results = {"stmcdi": (masked.layers["imputed"], t_model)}
+    for name, method in stmcdi.benchmark.BASELINES.items():
+        ts = time.perf_counter()
+        pred = method(masked, seed=args.seed)
+        results[name] = (pred, time.perf_counter() - ts)
+    ceiling = stmcdi.benchmark.split_half_ceiling(adata.X, seed=args.seed)
+    print(f"\nHeld-out entries, log-normalised scale (split-half ceiling of per-gene PCC: {ceiling:.3f}):")
+    print(_table(adata, held, results, ceiling))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    masked.layers["lognorm"] = stmcdi.pp.normalize(masked, copy=True)
+    genes = list(masked.var_names[np.argsort(-np.nanvar(masked.layers["lognorm"], axis=0))[:3]])
+    fig_path = out / "stmcdi_demo.png"
+    stmcdi.pl.imputation(masked, genes, save=fig_path, show=False)
+    print(f"\nFigure: {fig_path} (observed with held-out entries in grey | imputed | spread, genes {genes})")
+    print(f"Total wall time: {time.perf_counter() - t0:.0f} s (train + impute {t_model:.0f} s)")
+    return 0
+
+
+def cmd_impute(args) -> int:
+    """Impute an .h5ad file and write the result with layers 'imputed' and 'imputed_std'."""
+    import anndata as ad
+    import scvi
+
+    import stmcdi
+
+    scvi.settings.seed = args.seed
+    adata = _select(ad.read_h5ad(args.input), args)
+    stmcdi.pp.spatial_graph(adata, n_neighs=args.n_neighs, spatial_key=args.spatial_key,
+                            library_key=args.library_key)
+    stmcdi.STMCDI.setup_anndata(adata, layer=args.layer, spatial_key=args.spatial_key)
+    model_kw, train_kw, impute_kw = _model_kwargs(args)
+    model = stmcdi.STMCDI(adata, **model_kw)
+    model.train(**train_kw)
+    model.impute(target=args.target, seed=args.seed, **impute_kw)
+    adata.write_h5ad(args.output)
+    print(f"Wrote {args.output}: layers 'imputed' and 'imputed_std' ({adata.n_obs} spots x {adata.n_vars} genes).")
+    if args.save_model:
+        model.save(args.save_model, overwrite=True)
+        print(f"Saved the model to {args.save_model}")
+    return 0
+
+
+def cmd_benchmark(args) -> int:
+    """Benchmark STMCDI and the baselines on any .h5ad with counts and coordinates."""
+    import anndata as ad
+
+    import stmcdi
+
+    adata = _select(ad.read_h5ad(args.data), args)
+    methods = dict(stmcdi.benchmark.BASELINES)
+    if not args.no_stmcdi:
+        model_kw, train_kw, impute_kw = _model_kwargs(args)
+        methods = {"stmcdi": stmcdi.benchmark.stmcdi_method(model_kw, train_kw, impute_kw), **methods}
+    if args.methods:
+        unknown = sorted(set(args.methods) - set(methods))
+        if unknown:
+            print(f"Unknown methods {unknown}; choose from {sorted(methods)}", file=sys.stderr)
+            return 2
+        methods = {k: methods[k] for k in args.methods}
+    print(f"{args.data}: {adata.n_obs} spots x {adata.n_vars} genes ({args.panel} panel); "
+          f"protocols {args.protocol}, ratio {args.ratio}, seeds {args.seeds}")
+    counts = adata.layers[args.layer] if args.layer else adata.X
+    ceiling = stmcdi.benchmark.split_half_ceiling(counts, seed=0)
+    df = stmcdi.benchmark.evaluate(adata, methods, protocols=args.protocol, ratio=args.ratio, seeds=args.seeds,
+                                   layer=args.layer)
+    summary = stmcdi.benchmark.summarize(df, ceiling=ceiling)
+    print(f"\nSplit-half ceiling of per-gene PCC: {ceiling:.3f}\n")
+    print(stmcdi.benchmark.to_markdown(summary))
+    if args.csv:
+        df.to_csv(args.csv, index=False)
+        print(f"\nPer-seed results: {args.csv}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``stmcdi`` argument parser (``demo``, ``impute``, ``benchmark``).
+
+    Returns
+    -------
+    The :class:`argparse.ArgumentParser`.
+
+    Examples
+    --------
+    >>> build_parser().parse_args(["demo", "--n-spots", "200"]).n_spots
+    200
+    """
+    parser = argparse.ArgumentParser(prog="stmcdi", description="Spatial transcriptomics imputation with stMCDI.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="impute a built-in synthetic section and compare with baselines")
+    demo.add_argument("--n-spots", type=int, default=600)
+    demo.add_argument("--n-genes", type=int, default=200)
+    demo.add_argument("--out", default="stmcdi-demo", help="folder for the figure (default ./stmcdi-demo)")
+    _add_model_args(demo)
+    demo.set_defaults(func=cmd_demo)
+
+    imp = sub.add_parser("impute", help="impute IN.h5ad and write OUT.h5ad")
+    imp.add_argument("input", help="input .h5ad with raw counts (NaN = missing) and coordinates")
+    imp.add_argument("-o", "--output", required=True, help="output .h5ad")
+    imp.add_argument("--spatial-key", default="spatial")
+    imp.add_argument("--library-key", default=None, help="obs column naming the section of each spot")
+    imp.add_argument("--n-neighs", type=int, default=5)
+    imp.add_argument("--target", choices=("missing", "zeros"), default="missing",
+                     help="fill missing (NaN) entries, or also every zero ('zeros')")
+    imp.add_argument("--save-model", default=None, help="folder to save the trained model to")
+    _add_panel_args(imp, default_genes=0)
+    _add_model_args(imp)
+    imp.set_defaults(func=cmd_impute)
+
+    bench = sub.add_parser("benchmark", help="held-out benchmark of STMCDI and the baselines on an .h5ad")
+    bench.add_argument("--data", required=True, help=".h5ad with raw counts and obsm['spatial']")
+    bench.add_argument("--protocol", nargs="+", default=["entries"],
+                       choices=("entries", "nonzero", "spots", "genes", "thin"))
+    bench.add_argument("--ratio", type=float, default=0.1)
+    bench.add_argument("--seeds", type=int, nargs="+", default=[0])
+    bench.add_argument("--methods", nargs="+", default=None, help="subset of methods to run")
+    bench.add_argument("--no-stmcdi", action="store_true", help="baselines only")
+    bench.add_argument("--csv", default=None, help="write per-seed results here")
+    _add_panel_args(bench, default_genes=1000)
+    _add_model_args(bench)
+    bench.set_defaults(func=cmd_benchmark)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``stmcdi`` console script.
+
+    Parameters
+    ----------
+    argv
+        Arguments (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    The exit status.
+
+    Examples
+    --------
+    >>> main(["demo", "--n-spots", "200", "--n-genes", "40", "--epochs", "2"])  # doctest: +SKIP
+    """
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    _quiet_lightning()
+    return args.func(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,71 @@
+import anndata as ad
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import stmcdi
+from stmcdi import STMCDI
+
+
+def base(n=30, g=6):
+    rng = np.random.default_rng(0)
+    grid = np.stack(np.meshgrid(np.arange(6), np.arange(n // 6)), -1).reshape(-1, 2).astype(float)
+    return ad.AnnData(rng.poisson(3, (n, g)).astype(np.float32), obsm={"spatial": grid})
+
+
+@pytest.mark.parametrize(
+    ("mutate", "exc", "match"),
+    [
+        (lambda a: a.X.__setitem__((0, 0), -1), ValueError, "negative"),
+        (lambda a: a.X.__setitem__((0, 0), np.inf), ValueError, "infinite"),
+        (lambda a: a.X.__setitem__((0, 0), 0.5), ValueError, "non-integer"),
+        (lambda a: a.obsm.__setitem__("spatial", np.zeros((30, 4))), ValueError, "expected \\(n_obs, 2\\)"),
+        (lambda a: a.obsm["spatial"].__setitem__((0, 0), np.nan), ValueError, "NaN or infinite"),
+        (lambda a: a.obsm.pop("spatial"), KeyError, "coordinates are required"),
+        (lambda a: a.X.__setitem__((slice(None), 2), np.nan), ValueError, "no observed entry"),
+        (lambda a: a.obsm["spatial"].__setitem__(1, a.obsm["spatial"][0]), ValueError, "share coordinates"),
+    ],
+)
+def test_bad_input_raises_before_training(mutate, exc, match):
+    adata = base()
+    mutate(adata)
+    with pytest.raises(exc, match=match):
+        STMCDI.setup_anndata(adata)
+
+
+def test_missing_layer_view_and_too_few_spots():
+    adata = base()
+    with pytest.raises(KeyError, match="layers\\['counts'\\] not found"):
+        STMCDI.setup_anndata(adata, layer="counts")
+    with pytest.raises(ValueError, match="view"):
+        STMCDI.setup_anndata(adata[:20])
+    with pytest.raises(ValueError, match="cannot each have 5 neighbours"):
+        STMCDI.setup_anndata(base()[:4].copy())
+
+
+def test_stale_neighbour_table():
+    adata = base()
+    stmcdi.pp.spatial_graph(adata)
+    sub = adata[6:].copy()
+    with pytest.raises(ValueError, match="stale"):
+        STMCDI.setup_anndata(sub)
+
+
+def test_empty_spot_warns_and_mask_layer():
+    adata = base()
+    adata.X[3] = np.nan
+    with pytest.warns(UserWarning, match="1 spots have no observed entry"):
+        STMCDI.setup_anndata(adata)
+    adata = base()
+    adata.layers["missing"] = sp.csr_matrix(np.eye(30, 6, dtype=np.float32))
+    STMCDI.setup_anndata(adata, mask_layer="missing")
+    model = STMCDI(adata, n_channels=8, genes_per_token=2)
+    assert model.adata_manager.get_from_registry("missing").shape == (30, 6)
+
+
+def test_untrained_model_warns_and_bad_samples():
+    adata = base()
+    STMCDI.setup_anndata(adata)
+    model = STMCDI(adata, n_channels=8, genes_per_token=2)
+    with pytest.raises(ValueError, match="n_samples"):
+        model.impute(n_samples=0)

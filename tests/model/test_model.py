@@ -1,0 +1,173 @@
+import anndata as ad
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import scvi
+import torch
+
+import stmcdi
+from stmcdi import STMCDI
+
+SMALL = {"n_channels": 8, "n_latent": 8, "n_encoder_hidden": 16, "genes_per_token": 4, "n_diffusion_steps": 20}
+QUIET = {"enable_progress_bar": False, "enable_model_summary": False}
+
+
+def held_out(seed=0, n_spots=120, n_genes=40):
+    adata = stmcdi.datasets.synthetic(n_spots=n_spots, n_genes=n_genes, seed=1)
+    return adata, stmcdi.benchmark.hold_out(adata, "entries", 0.1, seed=seed)
+
+
+def trained(adata, epochs=2, **kw):
+    scvi.settings.seed = 0
+    STMCDI.setup_anndata(adata)
+    model = STMCDI(adata, **{**SMALL, **kw})
+    model.train(max_epochs=epochs, batch_size=32, **QUIET)
+    return model
+
+
+def test_setup_registers_and_is_idempotent():
+    adata, held = held_out()
+    a = held.adata
+    STMCDI.setup_anndata(a)  # builds the graph when absent
+    table = a.obsm["spatial_nn"].copy()
+    STMCDI.setup_anndata(a)
+    np.testing.assert_array_equal(a.obsm["spatial_nn"], table)
+    model = STMCDI(a, **SMALL)
+    assert model.summary_stats.n_vars == 40
+    assert "STMCDI model: 40 genes, 5 spatial neighbours" in model._model_summary_string
+
+
+def test_train_impute_writes_layers_and_keeps_observed():
+    _, held = held_out()
+    a = held.adata
+    x_before = a.X.copy()
+    model = trained(a)
+    assert model.is_trained_ and "train_loss" in model.history
+    model.impute(n_samples=3, n_steps=5)
+    imp, std = a.layers["imputed"], a.layers["imputed_std"]
+    lognorm = stmcdi.pp.normalize(a, copy=True)
+    observed = ~np.isnan(lognorm)
+    np.testing.assert_allclose(imp[observed], lognorm[observed], rtol=1e-5, atol=1e-5)
+    assert np.isfinite(imp).all() and (imp >= 0).all()
+    assert (std[observed] == 0).all() and (std[~observed] > 0).mean() > 0.9
+    # the user's counts are untouched (NaN kept)
+    np.testing.assert_array_equal(a.X.toarray(), x_before.toarray())  # NaN compare equal here
+    assert set(a.layers) == {"imputed", "imputed_std"}
+
+
+def test_same_seed_same_values_and_seed_matters():
+    _, held = held_out()
+    model = trained(held.adata)
+    r1 = model.impute(n_samples=2, n_steps=4, seed=3, inplace=False)
+    r2 = model.impute(n_samples=2, n_steps=4, seed=3, inplace=False)
+    r3 = model.impute(n_samples=2, n_steps=4, seed=4, inplace=False)
+    np.testing.assert_array_equal(r1["mean"], r2["mean"])
+    assert not np.array_equal(r1["mean"], r3["mean"])
+    assert set(r1) == {"mean", "std"}
+    assert model.impute(n_samples=2, n_steps=4, return_samples=True, inplace=False)["samples"].shape == (2, 120, 40)
+
+
+def test_imputation_does_not_depend_on_held_out_truth():
+    adata, held = held_out()
+    changed = adata.copy()
+    dense = changed.X.toarray()
+    r, c = held.mask.nonzero()
+    dense[r, c] += 50.0  # different true values at exactly the held-out entries
+    changed.X = sp.csr_matrix(dense)
+    held2 = stmcdi.benchmark.hold_out(changed, "entries", 0.1, seed=0)
+    assert (held2.mask != held.mask).nnz == 0
+    outs = []
+    for h in (held, held2):
+        model = trained(h.adata)
+        outs.append(model.impute(n_samples=2, n_steps=4, seed=0, inplace=False)["mean"])
+    np.testing.assert_array_equal(outs[0], outs[1])
+    assert not np.allclose(held.truth, held2.truth)
+
+
+def test_target_zeros_and_target_mask():
+    _, held = held_out()
+    a = held.adata
+    model = trained(a)
+    res = model.impute(n_samples=2, n_steps=4, target="zeros", inplace=False)
+    counts = a.X.toarray()
+    lognorm = stmcdi.pp.normalize(a, copy=True)
+    nonzero = counts > 0
+    np.testing.assert_allclose(res["mean"][nonzero], lognorm[nonzero], rtol=1e-5, atol=1e-5)
+    # zeros are filled: most get a positive value (samples are clipped at 0, so some stay at 0)
+    assert (res["mean"][counts == 0] > 0).mean() > 0.5
+    mask = np.zeros(a.shape, dtype=bool)
+    mask[:, 0] = True
+    res = model.impute(n_samples=2, n_steps=4, target=mask, inplace=False)
+    assert (res["std"][:, 0] > 0).mean() > 0.8
+    # masked entries count as missing, so the library size (observed entries only) excludes them too
+    expected, _, _ = stmcdi.pp.log_normalize(a.X, sp.csr_matrix(mask), target_sum=float(model.module.target_sum))
+    observed_rest = ~np.isnan(expected[:, 1:])
+    np.testing.assert_allclose(res["mean"][:, 1:][observed_rest], expected[:, 1:][observed_rest], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="target"):
+        model.impute(target="everything")
+    with pytest.raises(ValueError, match="shape"):
+        model.impute(target=mask[:5])
+
+
+def test_latent_representation_and_new_adata():
+    adata, held = held_out()
+    model = trained(held.adata)
+    z = model.get_latent_representation()
+    assert z.shape == (120, 8) and np.isfinite(z).all()
+    new = adata[:60].copy()  # a new AnnData with the same genes; its graph is built on the fly
+    out = model.impute(new, n_samples=1, n_steps=3, inplace=False)
+    assert out["mean"].shape == (60, 40) and "spatial_nn" in new.obsm
+    with pytest.raises(ValueError, match="differ from the 40"):
+        model.impute(adata[:, :30].copy())
+
+
+def test_save_load_roundtrip(tmp_path):
+    _, held = held_out()
+    a = held.adata
+    model = trained(a)
+    before = model.impute(n_samples=2, n_steps=4, seed=0, inplace=False)
+    model.save(tmp_path / "m", overwrite=True)
+    loaded = STMCDI.load(tmp_path / "m", adata=a)
+    after = loaded.impute(n_samples=2, n_steps=4, seed=0, inplace=False)
+    np.testing.assert_array_equal(before["mean"], after["mean"])
+    for name, p in model.module.state_dict().items():
+        torch.testing.assert_close(loaded.module.state_dict()[name], p)
+
+
+def test_ema_weights_are_what_training_leaves():
+    _, held = held_out()
+    a = held.adata
+    STMCDI.setup_anndata(a)
+    scvi.settings.seed = 0
+    m1 = STMCDI(a, **SMALL)
+    m1.train(max_epochs=3, batch_size=32, ema_decay=None, **QUIET)
+    scvi.settings.seed = 0
+    m2 = STMCDI(a, **SMALL)
+    m2.train(max_epochs=3, batch_size=32, ema_decay=0.9, **QUIET)
+    w1 = m1.module.denoiser.token_in.weight
+    w2 = m2.module.denoiser.token_in.weight
+    assert not torch.allclose(w1, w2)  # the averaged weights replaced the raw ones
+    torch.testing.assert_close(m1.module.gene_mean, m2.module.gene_mean)  # buffers untouched
+
+
+def test_early_stopping_uses_a_validation_split():
+    _, held = held_out()
+    a = held.adata
+    STMCDI.setup_anndata(a)
+    model = STMCDI(a, **SMALL)
+    model.train(max_epochs=3, batch_size=32, early_stopping=True, **QUIET)
+    assert len(model.validation_indices) > 0
+    assert "validation_loss" in model.history
+
+
+def test_end_to_end_beats_gene_mean_on_synthetic():
+    adata = stmcdi.datasets.synthetic(n_spots=400, n_genes=64, seed=2)
+    held = stmcdi.benchmark.hold_out(adata, "entries", 0.1, seed=0)
+    model = trained(held.adata, epochs=60, n_channels=16)
+    model.impute(n_samples=4, n_steps=10)
+    ours = stmcdi.benchmark.score(held, held.adata.layers["imputed"])
+    gm = stmcdi.benchmark.score(held, stmcdi.benchmark.BASELINES["gene_mean"](held.adata))
+    sm = stmcdi.benchmark.score(held, stmcdi.benchmark.BASELINES["spot_mean"](held.adata))
+    assert ours["rmse"] < gm["rmse"]
+    assert ours["pcc"] > gm["pcc"]
+    assert ours["per_gene_pcc"] > sm["per_gene_pcc"]
