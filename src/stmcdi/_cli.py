@@ -15,7 +15,13 @@ logger = logging.getLogger("stmcdi")
 
 
 def _quiet_lightning() -> None:
-    for name in ("lightning.pytorch", "lightning.fabric", "scvi", "squidpy"):
+    # Lightning, scvi-tools and squidpy (through spatialdata) set their logger levels when imported:
+    # import them first, then quieten them.
+    import lightning.pytorch  # noqa: F401
+    import scvi  # noqa: F401
+    import squidpy  # noqa: F401
+
+    for name in ("lightning.pytorch", "lightning.fabric", "scvi", "squidpy", "spatialdata"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=UserWarning, module="lightning")
     warnings.filterwarnings("ignore", category=SyntaxWarning)

@@ -109,7 +109,7 @@ class NeighborhoodCollate:
         if not src:
             return nodes, np.zeros((2, 0), dtype=np.int64)
         order = np.argsort(nodes, kind="stable")
-        local = lambda ids: order[np.searchsorted(nodes, ids, sorter=order)]  # noqa: E731
+        local = lambda ids: order[np.searchsorted(nodes, ids, sorter=order)]
         edges = np.stack([local(np.concatenate(src)), local(np.concatenate(dst))])
         return nodes, edges
 

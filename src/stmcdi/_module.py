@@ -328,16 +328,16 @@ class STMCDIModule(BaseModuleClass):
         """
         inf = self.inference(counts, library, edge_index, n_seed, target=torch.isnan(counts[:n_seed]))
         s = int(n_samples)
-        rep = lambda v: None if v is None else v.repeat_interleave(s, dim=0)  # noqa: E731
+        rep = lambda v: None if v is None else v.repeat_interleave(s, dim=0)
         x, target, cond = rep(inf["x"]), rep(inf["target"]).to(inf["x"].dtype), rep(inf["cond"])
         z, x_hat, context, base = rep(inf["z"]), rep(inf["x_hat"]), rep(inf["context"]), rep(inf["base"])
         # noise drawn on the generator's device (CPU by default) so results do not depend on the accelerator
         gen_device = generator.device if generator is not None else torch.device("cpu")
-        randn = lambda: torch.randn(x.shape, generator=generator, device=gen_device).to(x.device)  # noqa: E731
+        randn = lambda: torch.randn(x.shape, generator=generator, device=gen_device).to(x.device)
         xt = randn()
         n = x.shape[0]
         # the chain runs on the residual r = x - base; clip the implied clean value base + r to the data range
-        clip = lambda r: torch.maximum(torch.minimum(base + r, self.x0_high), self.x0_low) - base  # noqa: E731
+        clip = lambda r: torch.maximum(torch.minimum(base + r, self.x0_high), self.x0_low) - base
         if sampler == "ddpm":
             for t in range(self.n_diffusion_steps - 1, -1, -1):
                 tt = torch.full((n,), t, device=x.device, dtype=torch.long)

@@ -12,10 +12,10 @@ EncoderType = Literal["gcn", "gat", "gin", "mlp"]
 
 
 def mean_edge_weight(edge_index: torch.Tensor, n_nodes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Add self loops and give each edge into node ``i`` the weight ``1 / (in_degree(i) + 1)``.
+    r"""Add self loops and give each edge into node ``i`` the weight ``1 / (in_degree(i) + 1)``.
 
     On the full directed kNN graph every spot has in-degree ``k``, so this equals the symmetric GCN
-    normalisation :math:`\\hat D^{-1/2} (A + I) \\hat D^{-1/2}` exactly; on a gathered neighbourhood it stays
+    normalisation :math:`\hat D^{-1/2} (A + I) \hat D^{-1/2}` exactly; on a gathered neighbourhood it stays
     exact for the nodes whose neighbours were all gathered (the seeds), where the symmetric formula would
     not (frontier nodes have too few edges).
 

@@ -1,0 +1,54 @@
+import anndata as ad
+import numpy as np
+import pytest
+
+import stmcdi
+from stmcdi._cli import build_parser, main
+
+TINY = ["--epochs", "2", "--n-samples", "2", "--n-steps", "3", "--batch-size", "32"]
+
+
+def test_parser_defaults():
+    args = build_parser().parse_args(["benchmark", "--data", "x.h5ad"])
+    assert args.protocol == ["entries"] and args.ratio == 0.1 and args.n_genes == 1000 and args.panel == "seurat_v3"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["benchmark", "--data", "x.h5ad", "--protocol", "everything"])
+
+
+def test_demo_prints_table_and_saves_figure(tmp_path, capsys):
+    assert main(["demo", "--n-spots", "90", "--n-genes", "16", "--out", str(tmp_path), *TINY]) == 0
+    out = capsys.readouterr().out
+    for name in ("stmcdi", "gene_mean", "spot_mean", "expression_knn", "spatial_knn", "low_rank", "ceiling"):
+        assert name in out
+    assert (tmp_path / "stmcdi_demo.png").stat().st_size > 10_000
+
+
+def test_impute_writes_layers(tmp_path, capsys):
+    adata = stmcdi.datasets.synthetic(n_spots=80, n_genes=30, seed=3)
+    dense = adata.X.toarray()
+    dense[0, :5] = np.nan
+    adata.X = dense
+    src, dst = tmp_path / "in.h5ad", tmp_path / "out.h5ad"
+    adata.write_h5ad(src)
+    assert main(["impute", str(src), "-o", str(dst), "--n-genes", "20", *TINY]) == 0
+    out = ad.read_h5ad(dst)
+    assert out.n_vars == 20 and {"imputed", "imputed_std"} <= set(out.layers)
+    assert np.isfinite(out.layers["imputed"]).all()
+    assert "Wrote" in capsys.readouterr().out
+
+
+def test_benchmark_baselines_only_and_csv(tmp_path, capsys):
+    adata = stmcdi.datasets.synthetic(n_spots=80, n_genes=30, seed=3)
+    src = tmp_path / "in.h5ad"
+    adata.write_h5ad(src)
+    csv = tmp_path / "res.csv"
+    code = main(["benchmark", "--data", str(src), "--no-stmcdi", "--n-genes", "0", "--protocol", "entries", "thin",
+                 "--seeds", "0", "1", "--csv", str(csv)])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "Split-half ceiling" in out and "| thin" in out
+    import pandas as pd
+
+    df = pd.read_csv(csv)
+    assert len(df) == 2 * 2 * 5 and set(df["protocol"]) == {"entries", "thin"}
+    assert main(["benchmark", "--data", str(src), "--no-stmcdi", "--methods", "nope"]) == 2
