@@ -19,7 +19,7 @@ from stmcdi.datasets import (
     read_st_count_table,
 )
 
-SHARED = Path("/work/shared/data")
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"  # ../shared beside the repo
 
 TABLE = "\tGfap\tActb\tNrgn\n10.1x5.0\t3\t0\t1\n11.0x5.1\t0\t7\t2\n10.5x6.0\t4\t1\t0\n"
 
