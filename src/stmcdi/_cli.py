@@ -15,17 +15,18 @@ logger = logging.getLogger("stmcdi")
 
 
 def _quiet_lightning() -> None:
-    # Lightning, scvi-tools and squidpy (through spatialdata) set their logger levels when imported:
-    # import them first, then quieten them.
+    # squidpy 1.8.2 emits docrep SyntaxWarnings on import: filter before importing.
+    warnings.filterwarnings("ignore", category=SyntaxWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="lightning")
+    # Lightning, scvi-tools and squidpy (logging through spatialdata._logging) set their logger levels when
+    # imported: import them first, then quieten them.
     import lightning.pytorch  # noqa: F401
     import scvi  # noqa: F401
     import squidpy  # noqa: F401
 
-    for name in ("lightning.pytorch", "lightning.fabric", "scvi", "squidpy", "spatialdata"):
+    for name in ("lightning.pytorch", "lightning.fabric", "scvi", "spatialdata._logging"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", category=UserWarning, module="lightning")
-    warnings.filterwarnings("ignore", category=SyntaxWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
