@@ -35,8 +35,7 @@ class _BATCH_KEYS_NT(NamedTuple):
     COUNTS: str = "counts"  # (U, G) float32 counts of the U subgraph nodes, NaN where missing
     LIBRARY: str = "library"  # (U,) library size from observed entries
     EDGE_INDEX: str = "edge_index"  # (2, E) int64 local edges, source -> target (target aggregates)
-    N_SEED: str = "n_seed"  # (1,) int64: nodes 0 .. n_seed-1 are the batch's spots
-    ROW: str = "row"  # (B,) int64: absolute row of each seed spot
+    ROW: str = "row"  # (B,) int64: absolute row of each of the batch's spots, which are nodes 0 .. B-1
 
 
 BATCH_KEYS = _BATCH_KEYS_NT()

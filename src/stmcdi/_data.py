@@ -13,7 +13,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from scvi.data import AnnDataManager
-from scvi.dataloaders import AnnDataLoader, DataSplitter
+from scvi.dataloaders import DataSplitter
 
 from ._constants import BATCH_KEYS, REGISTRY_KEYS
 from ._validation import missing_mask
@@ -152,8 +152,6 @@ class NeighborhoodDataSplitter(DataSplitter):
     **kwargs
         Passed to :class:`~scvi.dataloaders.DataSplitter`.
     """
-
-    data_loader_cls = AnnDataLoader
 
     def __init__(self, adata_manager: AnnDataManager, *args, n_hops: int = 3, **kwargs):
         for key, value in neighborhood_loader_kwargs(adata_manager, n_hops).items():
