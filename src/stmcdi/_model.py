@@ -214,6 +214,44 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
             check_neighbor_table(adata, args["neighbors_key"])
         return super()._validate_anndata(adata, copy_if_view=copy_if_view)
 
+    @classmethod
+    def load(cls, dir_path: str, adata: AnnData | None = None, **kwargs):
+        """Load a saved model (scvi-tools' :meth:`~scvi.model.base.BaseModelClass.load`), checking genes first.
+
+        scvi-tools only warns when ``adata`` has other genes than the saved model and then loads weights
+        that belong to different genes; this refuses instead.
+
+        Parameters
+        ----------
+        dir_path
+            Folder written by :meth:`save`.
+        adata
+            AnnData to attach; must have the saved genes, in the saved order. ``None`` uses the AnnData
+            saved with the model, if any.
+        **kwargs
+            ``accelerator``, ``device``, ``prefix``, ... of scvi-tools' ``load``.
+
+        Returns
+        -------
+        The loaded :class:`STMCDI`.
+
+        Examples
+        --------
+        >>> model = stmcdi.STMCDI.load("my_model/", adata=adata)  # doctest: +SKIP
+        """
+        if adata is not None:
+            from scvi.model.base._save_load import _load_saved_files
+
+            _, var_names, _, _ = _load_saved_files(dir_path, load_adata=False, prefix=kwargs.get("prefix"),
+                                                   map_location="cpu")
+            if not np.array_equal(np.asarray(adata.var_names), np.asarray(var_names)):
+                raise ValueError(
+                    f"This AnnData's {adata.n_vars} genes differ from the {len(var_names)} the model in {dir_path} "
+                    "was trained on. Subset and order it first: `adata = adata[:, genes].copy()` with `genes = "
+                    "STMCDI.load_registry(dir_path)['field_registries']['X']['state_registry']['column_names']`."
+                )
+        return super().load(dir_path, adata=adata, **kwargs)
+
     @staticmethod
     def _missing(adata_manager: AnnDataManager) -> sp.csr_matrix:
         X = adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)

@@ -131,6 +131,10 @@ def test_save_load_roundtrip(tmp_path):
     np.testing.assert_array_equal(before["mean"], after["mean"])
     for name, p in model.module.state_dict().items():
         torch.testing.assert_close(loaded.module.state_dict()[name], p)
+    other = a.copy()
+    other.var_names = [f"other{i}" for i in range(other.n_vars)]
+    with pytest.raises(ValueError, match="genes differ"):
+        STMCDI.load(tmp_path / "m", adata=other)
 
 
 def test_ema_weights_are_what_training_leaves():
