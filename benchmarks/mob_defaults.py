@@ -9,6 +9,9 @@ the encoder's read-out alone and the mean of ``--n-samples`` diffusion samples o
     python benchmarks/mob_defaults.py --rounds 1 --epochs-per-round 200 --dropout 0 --n-samples 4
     python benchmarks/mob_defaults.py --rounds 4 --epochs-per-round 60 --dropout 0 --n-samples 4
     python benchmarks/mob_defaults.py --rounds 4 --epochs-per-round 50 --dropout 0.1 --n-samples 20
+    python benchmarks/mob_defaults.py --rounds 2 --epochs-per-round 200 --dropout 0.3 --n-samples 20
+    python benchmarks/mob_defaults.py --rounds 2 --epochs-per-round 200 --dropout 0.3 --weight-decay 0.05 \
+        --n-samples 20
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ def main() -> None:
     p.add_argument("--no-readout-loss", action="store_true", help="noise loss only, no residual diffusion")
     p.add_argument("--n-samples", type=int, default=20)
     p.add_argument("--n-steps", type=int, default=10)
+    p.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay (default: the plan's)")
     args = p.parse_args()
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
 
@@ -68,7 +72,8 @@ def main() -> None:
     model = stmcdi.STMCDI(a, **kw)
     t0 = time.time()
     for rnd in range(args.rounds):
-        model.train(max_epochs=args.epochs_per_round, enable_progress_bar=False)
+        plan = {} if args.weight_decay is None else {"weight_decay": args.weight_decay}
+        model.train(max_epochs=args.epochs_per_round, enable_progress_bar=False, plan_kwargs=plan)
         t_train = time.time() - t0
         r = stmcdi.benchmark.score(held, readout_prediction(model, a))
         ti = time.time()

@@ -278,7 +278,7 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
         datamodule=None,
         trainer_config: dict | None = None,
         ema_decay: float | None = 0.995,
-        max_steps_default: int = 1000,
+        max_steps_default: int = 2000,
         **trainer_kwargs,
     ):
         """Train the model (scvi-tools' :meth:`~scvi.model.base.UnsupervisedTrainingMixin.train`).
@@ -287,8 +287,9 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
         ----------
         max_epochs
             Passes through the data. Default: enough epochs for about ``max_steps_default`` optimizer
-            steps, between 10 and 2000 (on the mouse olfactory bulb, the read-out stopped improving after
-            ~300 steps and the diffusion's sample mean kept improving up to ~800; see docs/benchmarks.md).
+            steps, between 10 and 2000 (on the mouse olfactory bulb the diffusion's sample mean kept
+            improving up to 2000 steps while the read-out, with encoder dropout 0.3, held steady; see
+            docs/benchmarks.md).
         accelerator
             ``"auto"``, ``"cpu"``, ``"gpu"``, ... (Lightning).
         devices
