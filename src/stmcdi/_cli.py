@@ -72,7 +72,7 @@ def _select(adata, args):
     return adata
 
 
-def _table(adata, held, results: dict[str, np.ndarray], ceiling: float | None) -> str:
+def _table(held, results: dict[str, np.ndarray], ceiling: float | None) -> str:
     import pandas as pd
 
     import stmcdi
@@ -115,7 +115,7 @@ def cmd_demo(args) -> int:
         results[name] = (pred, time.perf_counter() - ts)
     ceiling = stmcdi.benchmark.split_half_ceiling(adata.X, seed=args.seed)
     print(f"\nHeld-out entries, log-normalised scale (split-half ceiling of per-gene PCC: {ceiling:.3f}):")
-    print(_table(adata, held, results, ceiling))
+    print(_table(held, results, ceiling))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     masked.layers["lognorm"] = stmcdi.pp.normalize(masked, copy=True)

@@ -20,6 +20,15 @@ from ._validation import missing_mask
 from .pp._normalize import library_size
 
 
+def registered_counts(adata_manager: AnnDataManager):
+    """The registered counts and the registered missing-entry layer (``None`` when there is none)."""
+    X = adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+    mask = None
+    if REGISTRY_KEYS.MISSING_KEY in adata_manager.data_registry:
+        mask = adata_manager.get_from_registry(REGISTRY_KEYS.MISSING_KEY)
+    return X, mask
+
+
 class NeighborhoodCollate:
     """Collate function that gathers the ``n_hops`` neighbourhood of a batch of spots.
 
@@ -75,13 +84,10 @@ class NeighborhoodCollate:
 
         ``extra_missing`` (boolean, the data's shape) marks further entries to treat as missing.
         """
-        X = adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
-        mask = None
-        if REGISTRY_KEYS.MISSING_KEY in adata_manager.data_registry:
-            mask = missing_mask(X, adata_manager.get_from_registry(REGISTRY_KEYS.MISSING_KEY))
+        X, mask = registered_counts(adata_manager)
         if extra_missing is not None:
             extra = sp.csr_matrix(extra_missing).astype(bool)
-            mask = extra if mask is None else (mask + extra).astype(bool)
+            mask = extra if mask is None else (sp.csr_matrix(mask).astype(bool) + extra).astype(bool)
         table = np.asarray(adata_manager.get_from_registry(REGISTRY_KEYS.NEIGHBORS_KEY))
         return cls(X, table, n_hops, missing=mask, zeros_missing=zeros_missing)
 

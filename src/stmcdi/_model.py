@@ -21,7 +21,7 @@ from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 from scvi.utils import setup_anndata_dsp
 
 from ._constants import KEYS, REGISTRY_KEYS
-from ._data import NeighborhoodDataSplitter, neighborhood_loader_kwargs
+from ._data import NeighborhoodDataSplitter, neighborhood_loader_kwargs, registered_counts
 from ._module import STMCDIModule
 from ._training_plan import DiffusionTrainingPlan
 from ._validation import check_counts, check_not_view, get_coordinates, get_layer, missing_mask
@@ -98,8 +98,8 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
         **module_kwargs,
     ):
         super().__init__(adata, registry)
-        counts = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
-        x, library, target_sum = log_normalize(counts, self._missing(self.adata_manager))
+        counts, mask = registered_counts(self.adata_manager)
+        x, _, target_sum = log_normalize(counts, missing_mask(counts, mask))
         mean, std = _gene_stats(x)
         gene_max = np.nanmax(x, axis=0)
         mask_ratio = tuple(mask_ratio) if not np.isscalar(mask_ratio) else float(mask_ratio)
@@ -251,14 +251,6 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
                     "STMCDI.load_registry(dir_path)['field_registries']['X']['state_registry']['column_names']`."
                 )
         return super().load(dir_path, adata=adata, **kwargs)
-
-    @staticmethod
-    def _missing(adata_manager: AnnDataManager) -> sp.csr_matrix:
-        X = adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
-        mask = None
-        if REGISTRY_KEYS.MISSING_KEY in adata_manager.data_registry:
-            mask = adata_manager.get_from_registry(REGISTRY_KEYS.MISSING_KEY)
-        return missing_mask(X, mask)
 
     # ----------------------------------------------------------------------------- training
     def train(

@@ -10,7 +10,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from .._validation import check_counts, check_not_view, get_layer, missing_mask
-from ._normalize import library_size
+from ._normalize import default_target_sum, library_size
 
 
 def select_genes(
@@ -105,7 +105,7 @@ def _seurat_v3_rank(adata: AnnData, X, n_top: int) -> np.ndarray:
 
 def _cv_score(X, miss: sp.csr_matrix, min_detection: float) -> np.ndarray:
     lib = library_size(X, miss)
-    target = np.median(lib[lib > 0]) if (lib > 0).any() else 1.0
+    target = default_target_sum(lib)
     dense = X.toarray() if sp.issparse(X) else np.array(X, dtype=np.float64)
     dense = dense.astype(np.float64)
     scale = np.divide(target, lib, out=np.ones_like(lib), where=lib > 0)
