@@ -77,6 +77,30 @@ class STMCDIModule(BaseModuleClass):
     dropout
         Dropout between encoder layers. On the 262-spot mouse olfactory bulb the read-out over-fitted after
         ~300 steps without it; with 0.3 it held its accuracy over 2000 steps (docs/benchmarks.md).
+
+    Examples
+    --------
+    A tiny module on a 3-spot neighbourhood: spot 0 is the batch's only spot (``n_seed=1``) and spots 1
+    and 2 are its neighbours. :class:`~stmcdi.STMCDI` builds the module and the batches for you.
+
+    >>> import numpy as np, torch
+    >>> module = STMCDIModule(
+    ...     n_genes=6, gene_mean=np.zeros(6), gene_std=np.ones(6), target_sum=100.0,
+    ...     n_encoder_hidden=8, n_latent=4, n_channels=8,
+    ... )
+    >>> nan = float("nan")
+    >>> counts = torch.tensor([[3.0, nan, 0.0, 5.0, 1.0, 2.0],
+    ...                        [0.0, 4.0, 2.0, 1.0, 3.0, 0.0],
+    ...                        [1.0, 1.0, 1.0, 1.0, 1.0, 1.0]])
+    >>> library = torch.nan_to_num(counts).sum(1)
+    >>> edge_index = torch.tensor([[1, 2], [0, 0]])  # source -> target: spots 1 and 2 send to spot 0
+    >>> batch = {"counts": counts, "library": library, "edge_index": edge_index, "row": torch.tensor([0])}
+    >>> inference_outputs, generative_outputs, loss_output = module(batch)  # one training forward pass
+    >>> loss_output.loss.shape
+    torch.Size([])
+    >>> samples = module.eval().sample(counts, library, edge_index, n_seed=1, n_samples=3)
+    >>> samples.shape  # (n_samples, n_seed, n_genes), log-normalised
+    torch.Size([3, 1, 6])
     """
 
     def __init__(
@@ -162,17 +186,89 @@ class STMCDIModule(BaseModuleClass):
 
     # ----------------------------------------------------------------------------- scaling
     def scale(self, counts: torch.Tensor, library: torch.Tensor) -> torch.Tensor:
-        """Counts (NaN = missing) -> scaled log-normalised values (NaN kept)."""
+        r"""Counts (NaN = missing) -> scaled log-normalised values (NaN kept).
+
+        Computes :math:`(\log(1 + c\,s/\ell) - \mu_g)/\sigma_g` with the module's ``target_sum`` :math:`s`,
+        ``gene_mean`` :math:`\mu_g` and ``gene_std`` :math:`\sigma_g`.
+
+        Parameters
+        ----------
+        counts
+            ``(n, G)`` float counts; NaN marks missing entries.
+        library
+            ``(n,)`` library sizes :math:`\ell` (the sum of each spot's observed counts). Spots with library 0
+            are not rescaled (factor 1).
+
+        Returns
+        -------
+        ``(n, G)`` tensor of scaled log-normalised values, the dtype of ``counts``; NaN where ``counts`` is NaN.
+
+        Examples
+        --------
+        >>> import numpy as np, torch
+        >>> module = STMCDIModule(2, gene_mean=np.zeros(2), gene_std=np.ones(2), target_sum=4.0)
+        >>> counts = torch.tensor([[1.0, float("nan")], [3.0, 1.0]])
+        >>> module.scale(counts, library=torch.tensor([1.0, 4.0]))  # log1p(4), log1p(3), log1p(1)
+        tensor([[1.6094,    nan],
+                [1.3863, 0.6931]])
+        """
         factor = torch.where(library > 0, self.target_sum / library.clamp_min(1e-12), torch.ones_like(library))
         return (torch.log1p(counts * factor[:, None]) - self.gene_mean) / self.gene_std
 
     def unscale(self, x: torch.Tensor) -> torch.Tensor:
-        """Scaled values -> log-normalised values."""
+        r"""Scaled values -> log-normalised values (the inverse of :meth:`~stmcdi.STMCDIModule.scale` after its ``log1p``).
+
+        Parameters
+        ----------
+        x
+            ``(..., G)`` values on the model's scale, :math:`(v - \mu_g)/\sigma_g`.
+
+        Returns
+        -------
+        Tensor of ``x``'s shape: the log-normalised values :math:`v = x\,\sigma_g + \mu_g`.
+
+        Examples
+        --------
+        >>> import numpy as np, torch
+        >>> module = STMCDIModule(2, gene_mean=np.array([1.0, 2.0]), gene_std=np.array([2.0, 0.5]), target_sum=1.0)
+        >>> module.unscale(torch.tensor([[0.0, 1.0], [-0.5, 2.0]]))
+        tensor([[1.0000, 2.5000],
+                [0.0000, 3.0000]])
+        """
         return x * self.gene_std + self.gene_mean
 
     # ----------------------------------------------------------------------------- masks
     def sample_targets(self, observed: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Draw the training targets among the observed entries (``mask_strategy``, ``mask_ratio``)."""
+        """Draw the training targets among the observed entries (``mask_strategy``, ``mask_ratio``).
+
+        Every spot draws a ratio uniformly from the ``mask_ratio`` range. ``"entries"`` makes each observed
+        entry a target with that probability and keeps at least one target in every spot with an observed
+        entry; ``"spots"`` makes all observed entries of a spot targets with that probability; ``"genes"``
+        picks genes with the first spot's ratio, the same genes in every spot.
+
+        Parameters
+        ----------
+        observed
+            Boolean ``(B, G)``: the observed entries of the batch's spots.
+        generator
+            Random generator on ``observed``'s device, for reproducible draws (``None``: torch's global one).
+
+        Returns
+        -------
+        Boolean ``(B, G)`` tensor of targets, a subset of ``observed``.
+
+        Examples
+        --------
+        >>> import numpy as np, torch
+        >>> module = STMCDIModule(6, np.zeros(6), np.ones(6), 100.0, mask_ratio=0.5)
+        >>> observed = torch.ones(4, 6, dtype=torch.bool)
+        >>> observed[0, :3] = False  # three missing entries in spot 0
+        >>> target = module.sample_targets(observed, torch.Generator().manual_seed(0))
+        >>> target.shape, target.dtype
+        (torch.Size([4, 6]), torch.bool)
+        >>> bool((target & ~observed).any()), target.any(dim=1).tolist()
+        (False, [True, True, True, True])
+        """
         b, g = observed.shape
         dev = observed.device
         lo, hi = self.mask_ratio
@@ -212,10 +308,57 @@ class STMCDIModule(BaseModuleClass):
         target: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Choose targets, hide them, encode the neighbourhood and the visible part.
+        r"""Choose targets, hide them, encode the neighbourhood and the visible part.
 
         With ``target=None`` the targets are drawn among observed entries (training); at imputation the
-        caller passes the entries to fill.
+        caller passes the entries to fill. With ``input_mask=True`` the encoder sees the batch's spots without
+        their targets; the neighbour nodes show all their observed entries.
+
+        Parameters
+        ----------
+        counts
+            ``(U, G)`` float32 counts of the neighbourhood's ``U`` nodes, the batch's spots first; NaN marks
+            missing entries.
+        library
+            ``(U,)`` library sizes from the observed entries.
+        edge_index
+            int64 ``(2, E)`` local edges, source -> target (the target aggregates).
+        n_seed
+            Number of batch spots ``B``: nodes ``0 .. B-1``.
+        target
+            Boolean ``(B, G)`` entries to predict; ``None`` draws them with :meth:`sample_targets`.
+        generator
+            Random generator for the target draw and the representation mask (``None``: torch's global one).
+
+        Returns
+        -------
+        Dict of tensors for the ``B`` batch spots (floats in ``counts``' dtype):
+
+        - ``"x"``: ``(B, G)`` scaled values (:meth:`scale`), 0 at missing entries;
+        - ``"target"``: boolean ``(B, G)`` targets;
+        - ``"cond"``: ``(B, G)`` condition indicator, 1.0 at observed entries that are not targets;
+        - ``"z"``: ``(B, n_latent)`` spatial code (``None`` for ``encoder="none"``);
+        - ``"readout"``: ``(B, G)`` per-gene read-out :math:`\hat x` of ``z`` (zeros without an encoder);
+        - ``"x_hat"``: the read-out the denoiser sees (``representation_mask_ratio`` of it zeroed in
+          training);
+        - ``"base"``: ``(B, G)`` what the diffusion is relative to: the detached read-out when ``residual``,
+          else zeros;
+        - ``"context"``: ``(B, n_context, n_channels)`` tokens of the conditioner.
+
+        Examples
+        --------
+        >>> import numpy as np, torch
+        >>> module = STMCDIModule(6, np.zeros(6), np.ones(6), 100.0, n_encoder_hidden=8, n_latent=4, n_channels=8)
+        >>> counts = torch.tensor([[3.0, float("nan"), 0.0, 5.0, 1.0, 2.0], [0.0, 4.0, 2.0, 1.0, 3.0, 0.0]])
+        >>> library = torch.nan_to_num(counts).sum(1)
+        >>> edge_index = torch.tensor([[1], [0]])  # node 1 is node 0's neighbour
+        >>> out = module.inference(counts, library, edge_index, n_seed=1)
+        >>> sorted(out)
+        ['base', 'cond', 'context', 'readout', 'target', 'x', 'x_hat', 'z']
+        >>> out["x"].shape, out["z"].shape, out["context"].shape
+        (torch.Size([1, 6]), torch.Size([1, 4]), torch.Size([1, 16, 8]))
+        >>> bool(out["target"][0, 1]), out["cond"][0, 1].item()  # a missing entry: neither target nor condition
+        (False, 0.0)
         """
         x = self.scale(counts, library)
         observed = ~torch.isnan(x)
@@ -254,7 +397,42 @@ class STMCDIModule(BaseModuleClass):
         return dict(inference_outputs)
 
     def denoise(self, x_t, t, x, target, cond, z, x_hat, context) -> torch.Tensor:
-        """Predicted noise at every entry, from the noisy targets and the condition."""
+        r"""Predicted noise at every entry, from the noisy targets and the condition.
+
+        Parameters
+        ----------
+        x_t
+            ``(B, G)`` noisy values (the residual from ``base`` when ``residual``); zeroed outside the targets.
+        t
+            int64 ``(B,)`` diffusion steps in ``[0, n_diffusion_steps)``.
+        x
+            ``(B, G)`` scaled values; only the condition entries are read.
+        target, cond
+            ``(B, G)`` float indicators of the target and condition entries.
+        z
+            ``(B, n_latent)`` spatial code, or ``None``.
+        x_hat
+            ``(B, G)`` read-out of the spatial code.
+        context
+            ``(B, n_context, n_channels)`` conditioner tokens.
+
+        Returns
+        -------
+        ``(B, G)`` predicted noise :math:`\epsilon`; only the target entries are used.
+
+        Examples
+        --------
+        >>> import numpy as np, torch
+        >>> module = STMCDIModule(6, np.zeros(6), np.ones(6), 100.0, n_encoder_hidden=8, n_latent=4, n_channels=8)
+        >>> counts = torch.tensor([[3.0, 1.0, 0.0, 5.0, 1.0, 2.0], [0.0, 4.0, 2.0, 1.0, 3.0, 0.0]])
+        >>> inf = module.inference(counts, counts.sum(1), torch.tensor([[1], [0]]), n_seed=1)
+        >>> x_t, t = torch.randn(1, 6), torch.tensor([10])
+        >>> eps = module.denoise(
+        ...     x_t, t, inf["x"], inf["target"].float(), inf["cond"], inf["z"], inf["x_hat"], inf["context"]
+        ... )
+        >>> eps.shape
+        torch.Size([1, 6])
+        """
         return self.denoiser(x_t * target, x, cond, x_hat, z, t, context)
 
     @auto_move_data
@@ -270,7 +448,48 @@ class STMCDIModule(BaseModuleClass):
         generator: torch.Generator | None = None,
         **kwargs,
     ) -> dict[str, torch.Tensor]:
-        """Noise the targets (their residual from ``base``) at a random step and predict the noise."""
+        r"""Noise the targets (their residual from ``base``) at a random step and predict the noise.
+
+        Draws a step :math:`t` per spot and :math:`\epsilon \sim N(0, I)`, forms
+        :math:`x_t = \sqrt{\bar\alpha_t}\,(x - \mathrm{base}) + \sqrt{1-\bar\alpha_t}\,\epsilon` and asks
+        :meth:`denoise` for :math:`\epsilon`. The arguments are the outputs of :meth:`inference`.
+
+        Parameters
+        ----------
+        x
+            ``(B, G)`` scaled values.
+        target
+            ``(B, G)`` target indicator (boolean or float).
+        cond
+            ``(B, G)`` float condition indicator.
+        z
+            ``(B, n_latent)`` spatial code, or ``None``.
+        x_hat
+            ``(B, G)`` read-out given to the denoiser.
+        base
+            ``(B, G)`` what the targets are noised relative to.
+        context
+            ``(B, n_context, n_channels)`` conditioner tokens.
+        generator
+            Random generator for the steps and the noise (``None``: torch's global one).
+        **kwargs
+            Ignored (the other outputs of :meth:`inference`, e.g. ``"readout"``).
+
+        Returns
+        -------
+        Dict with ``"eps"``, the ``(B, G)`` predicted noise, ``"noise"``, the ``(B, G)`` drawn noise, and
+        ``"t"``, the int64 ``(B,)`` steps.
+
+        Examples
+        --------
+        >>> import numpy as np, torch
+        >>> module = STMCDIModule(6, np.zeros(6), np.ones(6), 100.0, n_encoder_hidden=8, n_latent=4, n_channels=8)
+        >>> counts = torch.tensor([[3.0, 1.0, 0.0, 5.0, 1.0, 2.0], [0.0, 4.0, 2.0, 1.0, 3.0, 0.0]])
+        >>> inf = module.inference(counts, counts.sum(1), torch.tensor([[1], [0]]), n_seed=1)
+        >>> out = module.generative(**inf)
+        >>> out["eps"].shape, out["noise"].shape, out["t"].dtype
+        (torch.Size([1, 6]), torch.Size([1, 6]), torch.int64)
+        """
         b = x.shape[0]
         t = torch.randint(0, self.n_diffusion_steps, (b,), device=x.device, generator=generator)
         noise = torch.randn(x.shape, device=x.device, generator=generator)
@@ -281,7 +500,40 @@ class STMCDIModule(BaseModuleClass):
         return {"eps": eps, "noise": noise, "t": t}
 
     def loss(self, tensors, inference_outputs, generative_outputs) -> LossOutput:
-        """Noise-prediction error over the target entries (paper Eq. 12) plus the weighted read-out error."""
+        """Noise-prediction error over the target entries (paper Eq. 12) plus the weighted read-out error.
+
+        Both errors are mean squared errors over the batch's target entries. Without an encoder
+        (``encoder="none"``) the loss is the noise-prediction error alone.
+
+        Parameters
+        ----------
+        tensors
+            The batch (unused; part of the scvi-tools module contract).
+        inference_outputs
+            Output of :meth:`inference` (``"target"``, ``"readout"``, ``"x"`` are read).
+        generative_outputs
+            Output of :meth:`generative` (``"eps"``, ``"noise"``).
+
+        Returns
+        -------
+        A :class:`~scvi.module.base.LossOutput`: ``loss`` is the scalar training loss,
+        ``reconstruction_loss`` the ``(B,)`` per-spot noise error (under the key ``"reconstruction_loss"``),
+        ``n_obs_minibatch`` is ``B`` and ``extra_metrics`` holds the detached scalars ``"diffusion_loss"``,
+        ``"readout_loss"`` and ``"target_fraction"`` (fraction of the batch's entries that are targets).
+
+        Examples
+        --------
+        >>> import numpy as np, torch
+        >>> module = STMCDIModule(6, np.zeros(6), np.ones(6), 100.0, n_encoder_hidden=8, n_latent=4, n_channels=8)
+        >>> counts = torch.tensor([[3.0, 1.0, 0.0, 5.0, 1.0, 2.0], [0.0, 4.0, 2.0, 1.0, 3.0, 0.0]])
+        >>> batch = {"counts": counts, "library": counts.sum(1), "edge_index": torch.tensor([[1], [0]]),
+        ...          "row": torch.tensor([0])}
+        >>> inf = module.inference(batch["counts"], batch["library"], batch["edge_index"], n_seed=1)
+        >>> out = module.loss(batch, inf, module.generative(**inf))
+        >>> out.loss.shape, sorted(out.extra_metrics)
+        (torch.Size([]), ['diffusion_loss', 'readout_loss', 'target_fraction'])
+        >>> out.loss.backward()
+        """
         target = inference_outputs["target"].to(generative_outputs["eps"].dtype)
         n_target = target.sum().clamp_min(1.0)
         sq = (generative_outputs["eps"] - generative_outputs["noise"]) ** 2 * target
@@ -320,11 +572,50 @@ class STMCDIModule(BaseModuleClass):
         The reverse chain starts from Gaussian noise at the entries to fill (NaN in ``counts``); the
         condition is the observed entries and the spatial code. ``sampler="ddpm"`` runs the ancestral
         sampler of the paper over all steps; ``"ddim"`` the deterministic DDIM sampler (Song et al. 2021)
-        over ``n_steps`` evenly spaced steps (default 10).
+        over ``n_steps`` evenly spaced steps (default 10). At every step the estimate of the clean values is
+        clipped to the data range (``gene_max``). Call ``module.eval()`` first: in training mode the encoder
+        applies dropout.
+
+        Parameters
+        ----------
+        counts
+            ``(U, G)`` float32 counts of the neighbourhood's nodes, the spots to fill first; NaN marks the
+            entries to fill.
+        library
+            ``(U,)`` library sizes from the observed entries.
+        edge_index
+            int64 ``(2, E)`` local edges, source -> target.
+        n_seed
+            Number of spots to fill: nodes ``0 .. n_seed-1``.
+        n_samples
+            Samples drawn per spot.
+        sampler
+            ``"ddim"`` or ``"ddpm"``.
+        n_steps
+            DDIM steps (default ``min(10, n_diffusion_steps)``); ignored by ``"ddpm"``.
+        generator
+            Random generator for the noise; the noise is drawn on its device (CPU when ``None``, with
+            torch's global generator), so a seed gives the same samples on any accelerator.
 
         Returns
         -------
-        ``(n_samples, n_seed, G)`` samples on the log-normalised scale; observed entries hold their value.
+        ``(n_samples, n_seed, G)`` float samples on the log-normalised scale (clamped at 0); observed
+        entries hold their value.
+
+        Examples
+        --------
+        >>> import numpy as np, torch
+        >>> module = STMCDIModule(6, np.zeros(6), np.ones(6), 100.0, n_encoder_hidden=8, n_latent=4, n_channels=8)
+        >>> counts = torch.tensor([[3.0, float("nan"), 0.0, 5.0, 1.0, 2.0], [0.0, 4.0, 2.0, 1.0, 3.0, 0.0]])
+        >>> library = torch.nan_to_num(counts).sum(1)
+        >>> samples = module.eval().sample(
+        ...     counts, library, torch.tensor([[1], [0]]), n_seed=1, n_samples=4,
+        ...     generator=torch.Generator().manual_seed(0),
+        ... )
+        >>> samples.shape
+        torch.Size([4, 1, 6])
+        >>> bool((samples[:, 0, 0] == samples[0, 0, 0]).all())  # an observed entry keeps its value
+        True
         """
         inf = self.inference(counts, library, edge_index, n_seed, target=torch.isnan(counts[:n_seed]))
         s = int(n_samples)
@@ -374,7 +665,37 @@ class STMCDIModule(BaseModuleClass):
     @torch.inference_mode()
     @auto_move_data
     def encode(self, counts, library, edge_index, n_seed: int) -> torch.Tensor:
-        """Spatial code :math:`z` of the first ``n_seed`` spots, every observed entry visible."""
+        """Spatial code :math:`z` of the first ``n_seed`` spots, every observed entry visible.
+
+        Parameters
+        ----------
+        counts
+            ``(U, G)`` float32 counts of the neighbourhood's nodes, the spots to encode first; NaN marks
+            missing entries.
+        library
+            ``(U,)`` library sizes from the observed entries.
+        edge_index
+            int64 ``(2, E)`` local edges, source -> target.
+        n_seed
+            Number of spots to encode: nodes ``0 .. n_seed-1``.
+
+        Returns
+        -------
+        ``(n_seed, n_latent)`` tensor: the spatial code of each spot.
+
+        Raises
+        ------
+        ValueError
+            With ``encoder="none"``.
+
+        Examples
+        --------
+        >>> import numpy as np, torch
+        >>> module = STMCDIModule(6, np.zeros(6), np.ones(6), 100.0, n_encoder_hidden=8, n_latent=4, n_channels=8)
+        >>> counts = torch.tensor([[3.0, float("nan"), 0.0, 5.0, 1.0, 2.0], [0.0, 4.0, 2.0, 1.0, 3.0, 0.0]])
+        >>> module.eval().encode(counts, torch.nan_to_num(counts).sum(1), torch.tensor([[1], [0]]), n_seed=1).shape
+        torch.Size([1, 4])
+        """
         if self.encoder is None:
             raise ValueError("This model has encoder='none': it has no spatial representation.")
         inf = self.inference(counts, library, edge_index, n_seed, target=torch.isnan(counts[:n_seed]))

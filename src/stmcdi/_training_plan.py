@@ -25,6 +25,8 @@ class DiffusionTrainingPlan(TrainingPlan):
     ----------
     module
         The :class:`~stmcdi.STMCDIModule`.
+    optimizer
+        ``"AdamW"`` (default), ``"Adam"`` or ``"Custom"`` (scvi-tools' ``optimizer_creator``).
     lr
         Peak learning rate.
     weight_decay
@@ -38,7 +40,10 @@ class DiffusionTrainingPlan(TrainingPlan):
     lr_min_ratio
         Final learning rate of the cosine schedule, as a fraction of ``lr``.
     **kwargs
-        Passed to :class:`~scvi.train.TrainingPlan` (e.g. ``reduce_lr_on_plateau``, ``compile``).
+        Passed to :class:`~scvi.train.TrainingPlan` (e.g. ``reduce_lr_on_plateau``, ``compile``). With
+        ``reduce_lr_on_plateau=True`` the plateau scheduler replaces the warm-up / cosine schedule and
+        monitors ``lr_scheduler_metric``, by default ``"validation_loss"`` (it needs a validation set, e.g.
+        ``train_size=0.9``).
 
     Examples
     --------
@@ -66,6 +71,8 @@ class DiffusionTrainingPlan(TrainingPlan):
     ):
         if lr_schedule not in ("cosine", "constant"):
             raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {lr_schedule!r}.")
+        # scvi's default monitor, "elbo_validation", is a VAE metric this plan never logs
+        kwargs.setdefault("lr_scheduler_metric", "validation_loss")
         super().__init__(module, optimizer=optimizer, lr=lr, weight_decay=weight_decay, eps=eps, **kwargs)
         self.lr_schedule = lr_schedule
         self.n_warmup_steps = int(n_warmup_steps)
@@ -73,7 +80,41 @@ class DiffusionTrainingPlan(TrainingPlan):
 
     @torch.inference_mode()
     def compute_and_log_metrics(self, loss_output: LossOutput, metrics, mode: str) -> None:
-        """Log the module's extra metrics as ``<key>_<mode>`` (the loss is logged by the step)."""
+        """Log the module's extra metrics as ``<key>_<mode>`` (the loss is logged by the step).
+
+        Only scalar tensors are logged (``diffusion_loss``, ``readout_loss``, ``target_fraction`` of
+        :meth:`stmcdi.STMCDIModule.loss`), per step and / or epoch as the plan is configured. Called by
+        :meth:`training_step` and :meth:`validation_step`; it needs the plan to be attached to a Lightning
+        trainer.
+
+        Parameters
+        ----------
+        loss_output
+            The module's :class:`~scvi.module.base.LossOutput` for the batch.
+        metrics
+            scvi-tools' metric collection for ``mode``; unused (kept for the signature of
+            :class:`~scvi.train.TrainingPlan`).
+        mode
+            ``"train"`` or ``"validation"``: the suffix of the logged names.
+
+        Returns
+        -------
+        ``None``.
+
+        Examples
+        --------
+        >>> import numpy as np, torch
+        >>> from stmcdi import STMCDIModule
+        >>> module = STMCDIModule(6, np.zeros(6), np.ones(6), 100.0, n_encoder_hidden=8, n_latent=4, n_channels=8)
+        >>> plan = DiffusionTrainingPlan(module)
+        >>> counts = torch.tensor([[3.0, 1.0, 0.0, 5.0, 1.0, 2.0], [0.0, 4.0, 2.0, 1.0, 3.0, 0.0]])
+        >>> batch = {"counts": counts, "library": counts.sum(1), "edge_index": torch.tensor([[1], [0]]),
+        ...          "row": torch.tensor([0])}
+        >>> _, _, loss_output = plan.forward(batch)
+        >>> sorted(loss_output.extra_metrics)  # logged as diffusion_loss_train, ...
+        ['diffusion_loss', 'readout_loss', 'target_fraction']
+        >>> plan.compute_and_log_metrics(loss_output, plan.train_metrics, "train")  # in a Trainer  # doctest: +SKIP
+        """
         for key, value in loss_output.extra_metrics.items():
             if isinstance(value, torch.Tensor) and value.dim() == 0:
                 self.log(
@@ -86,7 +127,38 @@ class DiffusionTrainingPlan(TrainingPlan):
                 )
 
     def training_step(self, batch, batch_idx):
-        """Noise-prediction loss on a batch's targets (logged per epoch as ``train_loss``)."""
+        """Noise-prediction loss on a batch's targets (logged per epoch as ``train_loss``).
+
+        Runs the module (:meth:`~stmcdi.STMCDIModule.inference`, :meth:`~stmcdi.STMCDIModule.generative`,
+        :meth:`~stmcdi.STMCDIModule.loss`) on the batch with fresh random targets, steps and noise, and logs
+        the loss and the module's extra metrics (:meth:`compute_and_log_metrics`). Lightning calls it.
+
+        Parameters
+        ----------
+        batch
+            A neighbourhood batch: dict of tensors ``"counts"`` ``(U, G)``, ``"library"`` ``(U,)``,
+            ``"edge_index"`` ``(2, E)`` and ``"row"`` ``(B,)``.
+        batch_idx
+            Index of the batch in the epoch (unused).
+
+        Returns
+        -------
+        The scalar training loss (a tensor attached to the graph), which Lightning back-propagates.
+
+        Examples
+        --------
+        >>> import numpy as np, torch
+        >>> from stmcdi import STMCDIModule
+        >>> module = STMCDIModule(6, np.zeros(6), np.ones(6), 100.0, n_encoder_hidden=8, n_latent=4, n_channels=8)
+        >>> plan = DiffusionTrainingPlan(module)
+        >>> counts = torch.tensor([[3.0, 1.0, 0.0, 5.0, 1.0, 2.0], [0.0, 4.0, 2.0, 1.0, 3.0, 0.0]])
+        >>> batch = {"counts": counts, "library": counts.sum(1), "edge_index": torch.tensor([[1], [0]]),
+        ...          "row": torch.tensor([0])}
+        >>> _, _, loss_output = plan.forward(batch)  # what the step computes, without logging
+        >>> loss_output.loss.shape
+        torch.Size([])
+        >>> loss = plan.training_step(batch, batch_idx=0)  # in a Trainer  # doctest: +SKIP
+        """
         _, _, loss = self.forward(batch, loss_kwargs=self.loss_kwargs)
         self.log(
             "train_loss", loss.loss, on_step=self.on_step, on_epoch=self.on_epoch, prog_bar=True,
@@ -96,7 +168,42 @@ class DiffusionTrainingPlan(TrainingPlan):
         return loss.loss
 
     def validation_step(self, batch, batch_idx):
-        """Validation loss with targets, steps and noise fixed per batch index."""
+        """Validation loss with targets, steps and noise fixed per batch index.
+
+        The targets, diffusion steps and noise are drawn from a generator seeded with ``batch_idx`` (on the
+        batch's device), so every validation epoch scores the same draws. Logs ``validation_loss`` per epoch
+        and the module's extra metrics with the suffix ``_validation``. Lightning calls it.
+
+        Parameters
+        ----------
+        batch
+            A neighbourhood batch: dict of tensors ``"counts"`` ``(U, G)``, ``"library"`` ``(U,)``,
+            ``"edge_index"`` ``(2, E)`` and ``"row"`` ``(B,)``.
+        batch_idx
+            Index of the batch in the validation epoch; seeds the generator.
+
+        Returns
+        -------
+        ``None``; the loss is logged.
+
+        Examples
+        --------
+        >>> import numpy as np, torch
+        >>> from stmcdi import STMCDIModule
+        >>> module = STMCDIModule(6, np.zeros(6), np.ones(6), 100.0, n_encoder_hidden=8, n_latent=4, n_channels=8)
+        >>> plan = DiffusionTrainingPlan(module)
+        >>> counts = torch.tensor([[3.0, 1.0, 0.0, 5.0, 1.0, 2.0], [0.0, 4.0, 2.0, 1.0, 3.0, 0.0]])
+        >>> batch = {"counts": counts, "library": counts.sum(1), "edge_index": torch.tensor([[1], [0]]),
+        ...          "row": torch.tensor([0])}
+        >>> def seeded_loss(seed):  # the draws of a validation step
+        ...     gen = torch.Generator().manual_seed(seed)
+        ...     kw = {"inference_kwargs": {"generator": gen}, "generative_kwargs": {"generator": gen}}
+        ...     return plan.forward(batch, **kw)[2].loss
+        >>> _ = plan.eval()
+        >>> bool(seeded_loss(1_000_003) == seeded_loss(1_000_003))
+        True
+        >>> plan.validation_step(batch, batch_idx=0)  # in a Trainer  # doctest: +SKIP
+        """
         device = batch[next(iter(batch))].device
         gen = torch.Generator(device=device).manual_seed(1_000_003 + int(batch_idx))
         _, _, loss = self.forward(
@@ -121,7 +228,31 @@ class DiffusionTrainingPlan(TrainingPlan):
         return self.lr_min_ratio + (1.0 - self.lr_min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     def configure_optimizers(self):
-        """AdamW plus the warm-up / cosine schedule (stepped every optimizer step)."""
+        """AdamW plus the warm-up / cosine schedule (stepped every optimizer step).
+
+        The learning rate rises linearly over ``n_warmup_steps`` and then, with ``lr_schedule="cosine"``,
+        follows a cosine to ``lr_min_ratio * lr`` at the trainer's last step (``estimated_stepping_batches``).
+        With ``reduce_lr_on_plateau=True`` scvi-tools' plateau schedule is used instead.
+
+        Returns
+        -------
+        Lightning's optimizer configuration: a dict with ``"optimizer"`` (the optimizer over the module's
+        trainable parameters) and ``"lr_scheduler"``, a dict with the ``"scheduler"``
+        (:class:`~torch.optim.lr_scheduler.LambdaLR`) and ``"interval": "step"`` (with
+        ``reduce_lr_on_plateau``: a :class:`~torch.optim.lr_scheduler.ReduceLROnPlateau` and its
+        ``"monitor"``).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from stmcdi import STMCDIModule
+        >>> module = STMCDIModule(6, np.zeros(6), np.ones(6), 100.0, n_encoder_hidden=8, n_latent=4, n_channels=8)
+        >>> config = DiffusionTrainingPlan(module, lr=1e-3, n_warmup_steps=10).configure_optimizers()
+        >>> type(config["optimizer"]).__name__, config["lr_scheduler"]["interval"]
+        ('AdamW', 'step')
+        >>> config["optimizer"].param_groups[0]["lr"]  # first warm-up step: lr / n_warmup_steps
+        0.0001
+        """
         config = super().configure_optimizers()
         if self.reduce_lr_on_plateau:
             return config

@@ -34,3 +34,9 @@ def test_adamw_defaults_and_bad_schedule(module):
     assert plan.optimizer_name == "AdamW" and plan.eps == 1e-8
     with pytest.raises(ValueError, match="lr_schedule"):
         DiffusionTrainingPlan(module, lr_schedule="step")
+
+
+def test_plateau_schedule_monitors_the_logged_validation_loss(module):
+    # scvi-tools' default monitor "elbo_validation" is never logged by this plan: training would fail
+    config = DiffusionTrainingPlan(module, reduce_lr_on_plateau=True).configure_optimizers()
+    assert config["lr_scheduler"]["monitor"] == "validation_loss"

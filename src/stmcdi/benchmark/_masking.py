@@ -39,6 +39,23 @@ class HeldOut:
     target_sum
         Target sum of the masked data (median observed library size): the scale predictions must be on,
         i.e. what :func:`stmcdi.pp.log_normalize` gives the masked data.
+
+    Examples
+    --------
+    :func:`hold_out` makes the split:
+
+    >>> import numpy as np
+    >>> from anndata import AnnData
+    >>> rng = np.random.default_rng(0)
+    >>> adata = AnnData(rng.poisson(3.0, size=(50, 20)).astype(np.float32))
+    >>> held = hold_out(adata, "entries", 0.1, seed=0)
+    >>> held
+    HeldOut(protocol='entries', ratio=0.1, seed=0, layer=None, shape=(50, 20), n_scored=100, target_sum=...)
+    >>> held.mask.shape, held.truth.shape, held.truth.dtype
+    ((50, 20), (100,), dtype('float32'))
+    >>> rows, cols = held.mask.nonzero()  # the order of ``truth``
+    >>> bool(np.isnan(held.adata.X[rows, cols]).all())
+    True
     """
 
     adata: AnnData
@@ -53,7 +70,23 @@ class HeldOut:
 
     @property
     def n_scored(self) -> int:
-        """Number of scored entries."""
+        """Number of scored entries.
+
+        Returns
+        -------
+        ``int``: the number of nonzero entries of ``mask``, which is also the length of ``truth``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from anndata import AnnData
+        >>> adata = AnnData(np.random.default_rng(0).poisson(3.0, size=(50, 20)).astype(np.float32))
+        >>> held = hold_out(adata, "spots", 0.2, seed=0)
+        >>> held.n_scored  # 10 whole spots of 20 genes
+        200
+        >>> held.n_scored == len(held.truth)
+        True
+        """
         return int(self.mask.nnz)
 
     def __repr__(self) -> str:

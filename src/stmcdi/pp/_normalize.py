@@ -75,7 +75,7 @@ def log_normalize(
     >>> lib, t
     (array([4., 2.]), 3.0)
     >>> np.round(x, 4)
-    array([[0.5596, 1.3499],
+    array([[0.5596, 1.1787],
            [1.3863,    nan]], dtype=float32)
     """
     miss = missing_mask(counts, missing)
