@@ -198,7 +198,9 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
         cls.register_manager(adata_manager)
 
     def _validate_anndata(self, adata: AnnData | None = None, copy_if_view: bool = True) -> AnnData:
-        if adata is not None and self.get_anndata_manager(adata) is None:
+        # Check every AnnData other than the registered one, including copies of it: scvi-tools recognises a
+        # copy by its uuid and transfers the setup, and a subset copy carries a stale neighbour table.
+        if adata is not None and adata is not self.adata:
             check_not_view(adata, "STMCDI")
             args = self.registry_["setup_args"]
             trained = np.asarray(self.registry_["field_registries"][REGISTRY_KEYS.X_KEY]["state_registry"]

@@ -69,3 +69,18 @@ def test_untrained_model_warns_and_bad_samples():
     model = STMCDI(adata, n_channels=8, genes_per_token=2)
     with pytest.raises(ValueError, match="n_samples"):
         model.impute(n_samples=0)
+
+
+def test_copy_of_registered_data_with_stale_table_raises_before_imputing():
+    # scvi-tools recognises a copy of the registered AnnData by its uuid and transfers the setup; a subset copy
+    # still carries the parent's neighbour table, whose row ids point outside the subset
+    adata = base(36)
+    stmcdi.pp.spatial_graph(adata)
+    STMCDI.setup_anndata(adata)
+    model = STMCDI(adata, n_channels=8, n_latent=4)
+    sub = adata[:12].copy()
+    with pytest.raises(ValueError, match="stale"):
+        model.impute(sub, n_samples=1)
+    stmcdi.pp.spatial_graph(sub)  # the fix the message names
+    out = model.impute(sub, n_samples=1, inplace=False)
+    assert out["mean"].shape == sub.shape
