@@ -37,8 +37,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--devices", default="auto", help="devices (default auto: one GPU if present)")
     g.add_argument("--n-samples", type=int, default=20, help="diffusion samples per spot (default 20)")
     g.add_argument("--n-steps", type=int, default=None, help="DDIM steps (default 10)")
-    g.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim")
-    g.add_argument("--encoder", choices=("gcn", "gat", "gin", "mlp", "none"), default="gcn")
+    g.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim",
+                   help="ddim (default, --n-steps steps) or ddpm (the paper's sampler, every step)")
+    g.add_argument("--encoder", choices=("gcn", "gat", "gin", "mlp", "none"), default="gcn",
+                   help="spatial encoder (default gcn; none removes the spatial input)")
     g.add_argument("--seed", type=int, default=0, help="seed of training and sampling (default 0)")
     g.add_argument("--progress", action="store_true", help="show the per-epoch progress bar")
 
@@ -199,19 +201,48 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="impute a built-in synthetic section and compare with baselines")
-    demo.add_argument("--n-spots", type=int, default=600)
-    demo.add_argument("--n-genes", type=int, default=200)
+    raw = argparse.RawDescriptionHelpFormatter
+    demo = sub.add_parser(
+        "demo",
+        help="impute a built-in synthetic section and compare with baselines",
+        formatter_class=raw,
+        description=(
+            "Simulate a section (stmcdi.datasets.synthetic), hide 10%% of its entries, train STMCDI, impute and\n"
+            "score it against the baselines on the hidden entries.\n\n"
+            "output: a table of per-gene PCC, pooled PCC and RMSE per method on stdout, and OUT/demo.png\n"
+            "(tissue maps of observed, imputed and spread for three genes)."
+        ),
+        epilog="examples:\n  stmcdi demo\n  stmcdi demo --n-spots 300 --n-genes 100 --epochs 20 --out demo-small",
+    )
+    demo.add_argument("--n-spots", type=int, default=600, help="spots of the simulated section (default 600)")
+    demo.add_argument("--n-genes", type=int, default=200, help="genes of the simulated section (default 200)")
     demo.add_argument("--out", default="stmcdi-demo", help="folder for the figure (default ./stmcdi-demo)")
     _add_model_args(demo)
     demo.set_defaults(func=cmd_demo)
 
-    imp = sub.add_parser("impute", help="impute IN.h5ad and write OUT.h5ad")
+    imp = sub.add_parser(
+        "impute",
+        help="impute IN.h5ad and write OUT.h5ad",
+        formatter_class=raw,
+        description=(
+            "Read an .h5ad with raw counts (NaN marks a missing entry) and coordinates in obsm, build the spatial\n"
+            "graph, train STMCDI and impute.\n\n"
+            "output: OUT.h5ad, the input (restricted to the gene panel when --n-genes is set) with\n"
+            "layers['imputed'] (log-normalised; observed entries unchanged) and layers['imputed_std'] (spread of\n"
+            "the samples); with --save-model, the trained model in that folder."
+        ),
+        epilog=(
+            "examples:\n"
+            "  stmcdi impute section.h5ad -o section_imputed.h5ad\n"
+            "  stmcdi impute section.h5ad -o out.h5ad --n-genes 1000 --target zeros --accelerator gpu\n"
+            "  stmcdi impute sections.h5ad -o out.h5ad --library-key sample --save-model model/"
+        ),
+    )
     imp.add_argument("input", help="input .h5ad with raw counts (NaN = missing) and coordinates")
     imp.add_argument("-o", "--output", required=True, help="output .h5ad")
-    imp.add_argument("--spatial-key", default="spatial")
+    imp.add_argument("--spatial-key", default="spatial", help="obsm key of the coordinates (default spatial)")
     imp.add_argument("--library-key", default=None, help="obs column naming the section of each spot")
-    imp.add_argument("--n-neighs", type=int, default=5)
+    imp.add_argument("--n-neighs", type=int, default=5, help="spatial neighbours per spot (default 5)")
     imp.add_argument("--target", choices=("missing", "zeros"), default="missing",
                      help="fill missing (NaN) entries, or also every zero ('zeros')")
     imp.add_argument("--save-model", default=None, help="folder to save the trained model to")
@@ -219,12 +250,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(imp)
     imp.set_defaults(func=cmd_impute)
 
-    bench = sub.add_parser("benchmark", help="held-out benchmark of STMCDI and the baselines on an .h5ad")
+    bench = sub.add_parser(
+        "benchmark",
+        help="held-out benchmark of STMCDI and the baselines on an .h5ad",
+        formatter_class=raw,
+        description=(
+            "Hide entries of an .h5ad with the chosen protocols and seeds (stmcdi.benchmark.hold_out), impute\n"
+            "them with STMCDI and every baseline, and score them (stmcdi.benchmark.score).\n\n"
+            "output: the split-half ceiling and a markdown table of mean +- sd over seeds per protocol and\n"
+            "method on stdout; with --csv, one row per protocol, seed and method."
+        ),
+        epilog=(
+            "examples:\n"
+            "  stmcdi benchmark --data section.h5ad --protocol entries --ratio 0.1 --seeds 0 1 2\n"
+            "  stmcdi benchmark --data section.h5ad --protocol thin --ratio 0.5 --no-stmcdi --csv thin.csv"
+        ),
+    )
     bench.add_argument("--data", required=True, help=".h5ad with raw counts and obsm['spatial']")
     bench.add_argument("--protocol", nargs="+", default=["entries"],
-                       choices=("entries", "nonzero", "spots", "genes", "thin"))
-    bench.add_argument("--ratio", type=float, default=0.1)
-    bench.add_argument("--seeds", type=int, nargs="+", default=[0])
+                       choices=("entries", "nonzero", "spots", "genes", "thin"),
+                       help="hold-out protocols (default entries; see stmcdi.benchmark.hold_out)")
+    bench.add_argument("--ratio", type=float, default=0.1,
+                       help="fraction held out, for every protocol (default 0.1; 0.5 is usual for thin)")
+    bench.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of the hold-out splits (default 0)")
     bench.add_argument("--methods", nargs="+", default=None, help="subset of methods to run")
     bench.add_argument("--no-stmcdi", action="store_true", help="baselines only")
     bench.add_argument("--csv", default=None, help="write per-seed results here")
