@@ -346,6 +346,8 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
         datasplitter_kwargs = dict(datasplitter_kwargs or {})
         datasplitter_kwargs.setdefault("n_hops", self.module.n_hops)
         trainer_kwargs.setdefault("check_val_every_n_epoch", 1 if (early_stopping or train_size < 1) else None)
+        # Lightning warns when an epoch has fewer batches than its logging interval (small sections)
+        trainer_kwargs.setdefault("log_every_n_steps", max(1, min(50, steps_per_epoch)))
         if early_stopping:  # scvi's Trainer monitors the VAE's "elbo_validation" by default
             trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
         with warnings.catch_warnings():
@@ -475,6 +477,20 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
                 std[rows] = draws.std(0, unbiased=False).numpy()
             if samples is not None:
                 samples[:, rows] = draws.numpy()
+        # Observed entries keep exactly the value stmcdi.pp.normalize gives them: the model's round trip through
+        # its per-gene scaling would move them by float32 round-off.
+        counts, mask = registered_counts(self.get_anndata_manager(adata, required=True))
+        missing = missing_mask(counts, mask)
+        if extra is not None:
+            missing = (missing + extra).astype(bool)
+        exact, _, _ = log_normalize(counts, missing, target_sum=float(self.module.target_sum))
+        keep = ~np.isnan(exact)
+        if zeros_missing:
+            keep &= exact != 0  # log1p(c * s / l) is 0 exactly when the count is 0
+        mean[keep] = exact[keep]
+        std[keep] = 0.0
+        if samples is not None:
+            samples[:, keep] = exact[keep]
         out = {"mean": mean, "std": std}
         if samples is not None:
             out["samples"] = samples
