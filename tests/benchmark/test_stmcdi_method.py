@@ -15,3 +15,15 @@ def test_stmcdi_method_runs_in_the_harness_and_leaves_input_alone():
     assert np.isfinite(df["rmse"]).all() and (df["n_scored"] > 0).all()
     assert method.last_model is not None and method.last_model.is_trained_
     assert (adata.X != before).nnz == 0
+
+
+def test_stmcdi_method_accepts_an_impute_seed():
+    # the wrapper passes the split's seed to impute; a seed in impute_kwargs used to raise a TypeError
+    adata = stmcdi.datasets.synthetic(n_spots=60, n_genes=12, seed=1)
+    kwargs = ({"n_channels": 8, "genes_per_token": 4}, {"max_epochs": 1, "batch_size": 32})
+    held = stmcdi.benchmark.hold_out(adata, seed=0)
+    a = stmcdi_method(*kwargs, {"n_samples": 2, "n_steps": 2, "seed": 7})(held.adata, seed=0)
+    b = stmcdi_method(*kwargs, {"n_samples": 2, "n_steps": 2, "seed": 7})(held.adata, seed=0)
+    c = stmcdi_method(*kwargs, {"n_samples": 2, "n_steps": 2, "seed": 8})(held.adata, seed=0)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)

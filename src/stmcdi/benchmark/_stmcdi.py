@@ -22,7 +22,7 @@ def stmcdi_method(
     train_kwargs
         Arguments of :meth:`~stmcdi.STMCDI.train` (default: the model's defaults, no progress bar).
     impute_kwargs
-        Arguments of :meth:`~stmcdi.STMCDI.impute`.
+        Arguments of :meth:`~stmcdi.STMCDI.impute` (its ``seed`` defaults to the split's seed).
 
     Returns
     -------
@@ -51,7 +51,8 @@ def stmcdi_method(
         STMCDI.setup_anndata(work, layer=layer)
         model = STMCDI(work, **model_kwargs)
         model.train(**train_kwargs)
-        out = model.impute(target=target, seed=int(seed), inplace=False, **impute_kwargs)
+        kwargs = {"seed": int(seed), **impute_kwargs}  # an explicit impute seed wins over the split's
+        out = model.impute(target=target, inplace=False, **kwargs)
         method.last_model = model
         return out["mean"]
 
