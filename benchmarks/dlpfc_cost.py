@@ -23,6 +23,7 @@ warnings.filterwarnings("ignore")
 
 
 def main(path: str | None = None) -> None:
+    """Print the per-step and imputation timings (``path``: the DLPFC file; default: the loader's search)."""
     scvi.settings.seed = 0
     adata = stmcdi.datasets.dlpfc_151673(path)
     stmcdi.pp.select_genes(adata, 1000, subset=True)
