@@ -22,3 +22,11 @@ def test_docs_build(tmp_path):
         timeout=900,
     )
     assert result.returncode == 0, f"sphinx-build failed:\n{result.stdout[-5000:]}\n{result.stderr[-10000:]}"
+    html = tmp_path / "html"
+    for page in ("faq", "installation", "method", "api", "benchmarks", "tutorials/index"):
+        assert (html / f"{page}.html").is_file(), f"{page} was not built"
+    notebooks = sorted((DOCS.parent / "tutorials").glob("*.ipynb"))
+    assert notebooks
+    for nb in notebooks:  # rendered from the stored outputs, figures included
+        text = (html / "tutorials" / f"{nb.stem}.html").read_text()
+        assert "<img" in text and "Traceback" not in text, nb.stem
