@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from scipy.cluster.hierarchy import leaves_list, linkage
 
-from ._spatial import _EXPRESSION_LABEL, _MISSING_FACE, _as_list
+from ._spatial import _EXPRESSION_LABEL, _MISSING_FACE, _as_list, _finish
 
 logger = logging.getLogger(__name__)
 
@@ -45,17 +45,6 @@ _CEILING_LABEL = "split-half ceiling"
 def _lower_is_better(metric: str) -> bool:
     low = metric.lower()
     return any(k in low for k in _LOWER_IS_BETTER) or low == "seconds"
-
-
-def _finish(fig: Figure, *, show: bool | None, save: str | Path | None, return_fig: bool, what: str) -> Figure | None:
-    if save is not None:
-        fig.savefig(save, dpi=150, bbox_inches="tight")
-        logger.info("Saved the %s to %s", what, save)
-    if show is None:
-        show = plt.isinteractive()
-    if show:
-        plt.show()
-    return fig if return_fig else None
 
 
 def _fmt_ratio(r) -> str:

@@ -28,6 +28,17 @@ _EXPRESSION_LABEL = "log-normalised expression"
 _SPREAD_LABEL = "sd"
 
 
+def _finish(fig: Figure, *, show: bool | None, save: str | Path | None, return_fig: bool, what: str) -> Figure | None:
+    if save is not None:
+        fig.savefig(save, dpi=150, bbox_inches="tight")
+        logger.info("Saved the %s to %s", what, save)
+    if show is None:
+        show = plt.isinteractive()
+    if show:
+        plt.show()
+    return fig if return_fig else None
+
+
 def _as_list(x, what: str) -> list[str]:
     if isinstance(x, str):
         return [x]
@@ -257,11 +268,4 @@ def imputation(
                     frameon=False, fontsize="small", handletextpad=0.2, borderaxespad=0.2,
                 )  # fmt: skip
 
-    if save is not None:
-        fig.savefig(save, dpi=150, bbox_inches="tight")
-        logger.info("Saved the imputation maps to %s", save)
-    if show is None:
-        show = plt.isinteractive()
-    if show:
-        plt.show()
-    return fig if return_fig else None
+    return _finish(fig, show=show, save=save, return_fig=return_fig, what="imputation maps")
