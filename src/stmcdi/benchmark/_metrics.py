@@ -479,6 +479,14 @@ def crps_gaussian(truth, mean, std) -> float:
 def interval_coverage(truth, samples, level: float = 0.9) -> float:
     """Fraction of true values inside the central empirical interval of the samples.
 
+    The bounds are the ``(1 - level) / 2`` and ``(1 + level) / 2`` sample quantiles at Weibull plotting
+    positions (``np.quantile(..., method="weibull")``: quantile ``p`` sits at order statistic ``p (m + 1)`` of
+    ``m`` samples). For a value exchangeable with the samples, the chance of falling between order statistics
+    ``i`` and ``j`` is ``(j - i) / (m + 1)``, so this interval covers ``level`` of a calibrated imputation's
+    values at any ``m``. With numpy's default (linear) positions the interval is too narrow for small ``m``:
+    20 samples give a "90%" interval that holds only ~81% of calibrated values. A ``level`` interval needs
+    ``m >= (1 + level) / (1 - level) - 1`` samples (19 for 90%); with fewer the bounds are the extremes.
+
     Parameters
     ----------
     truth
@@ -486,8 +494,7 @@ def interval_coverage(truth, samples, level: float = 0.9) -> float:
     samples
         ``(n_samples, n_scored)`` draws of the imputation.
     level
-        Nominal coverage of the interval, in ``(0, 1)``: the bounds are the ``(1 - level) / 2`` and
-        ``(1 + level) / 2`` sample quantiles (linear interpolation), inclusive.
+        Nominal coverage of the interval, in ``(0, 1)``. Bounds are inclusive.
 
     Returns
     -------
@@ -503,5 +510,5 @@ def interval_coverage(truth, samples, level: float = 0.9) -> float:
     if not 0.0 < level < 1.0:
         raise ValueError(f"`level` must lie in (0, 1), got {level}.")
     t, s = _ensemble(truth, samples)
-    lo, hi = np.quantile(s, [(1.0 - level) / 2.0, (1.0 + level) / 2.0], axis=0)
+    lo, hi = np.quantile(s, [(1.0 - level) / 2.0, (1.0 + level) / 2.0], axis=0, method="weibull")
     return float(np.mean((t >= lo) & (t <= hi)))
