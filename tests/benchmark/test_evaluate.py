@@ -139,3 +139,46 @@ def test_real_data_mob():
     assert 0.5 < ceiling < 0.95
     assert df.per_gene_pcc.max() < ceiling
     assert "low_rank" in to_markdown(summarize(df.reset_index(), ceiling=ceiling))
+
+
+def test_parse_protocols_and_ratios():
+    from stmcdi.benchmark import parse_protocols
+
+    assert parse_protocols("thin", {"thin": 0.5}) == [("thin", 0.5)]
+    assert parse_protocols(["entries:0.6", ("spots", 0.2), "nonzero"], 0.1) == [
+        ("entries", 0.6), ("spots", 0.2), ("nonzero", 0.1)]
+    with pytest.raises(ValueError, match="ratio such as"):
+        parse_protocols(["entries:x"])
+    with pytest.raises(ValueError, match="Unknown hold-out protocol"):
+        parse_protocols(["rows:0.1"])
+    with pytest.raises(ValueError, match="empty"):
+        parse_protocols([])
+
+
+def test_evaluate_scores_samples_when_a_method_returns_them():
+    rng = np.random.default_rng(0)
+    adata = AnnData(rng.poisson(3.0, size=(60, 20)).astype(np.float32))
+
+    def noisy(a, *, layer=None, seed=0, target="missing"):
+        mean = BASELINES["gene_mean"](a, layer=layer, seed=seed, target=target)
+        draws = mean[None] + np.random.default_rng(seed).normal(0, 0.3, size=(25, *mean.shape))
+        return {"mean": mean, "samples": draws}
+
+    df = evaluate(adata, {"noisy": noisy, "point": BASELINES["gene_mean"]}, min_entries=3).set_index("method")
+    assert 0.0 < df.loc["noisy", "coverage_50"] < df.loc["noisy", "coverage_90"] <= 1.0
+    assert df.loc["noisy", "crps"] > 0 and np.isnan(df.loc["point", "crps"])
+    assert df.loc["noisy", "rmse"] == df.loc["point", "rmse"]  # the mean is scored as the point prediction
+
+
+def test_compare_is_paired_and_knows_which_way_is_better():
+    from stmcdi.benchmark import compare
+
+    df = pd.DataFrame({"protocol": "entries", "ratio": 0.1, "seed": [0, 1, 2] * 2, "method": ["a"] * 3 + ["b"] * 3,
+                       "per_gene_pcc": [0.5, 0.6, 0.7, 0.4, 0.5, 0.65], "rmse": [1.0, 1.1, 0.9, 1.2, 1.0, 1.3]})
+    out = compare(df, "a").set_index("metric")
+    assert out.loc["per_gene_pcc", "wins"] == 3 and out.loc["per_gene_pcc", "better"] == "higher"
+    assert out.loc["rmse", "wins"] == 2 and out.loc["rmse", "better"] == "lower"
+    assert out.loc["per_gene_pcc", "diff_mean"] == pytest.approx(0.0833, abs=1e-3)
+    assert 0 < out.loc["per_gene_pcc", "p_value"] < 0.1
+    with pytest.raises(ValueError, match="Reference method"):
+        compare(df, "c")

@@ -12,7 +12,7 @@ from anndata import AnnData
 
 from ._baselines import BASELINES
 from ._masking import PROTOCOLS, hold_out
-from ._metrics import score
+from ._metrics import crps_ensemble, interval_coverage, score
 
 logger = logging.getLogger(__name__)
 
@@ -30,45 +30,107 @@ def _ratio_for(ratio: float | Mapping[str, float], protocol: str) -> float:
     return float(ratio)
 
 
+def parse_protocols(
+    protocols: str | Sequence[str | tuple[str, float]], ratio: float | Mapping[str, float] = 0.1
+) -> list[tuple[str, float]]:
+    """Resolve protocol specifications to ``(protocol, ratio)`` pairs.
+
+    Parameters
+    ----------
+    protocols
+        Names (``"entries"``), ``"name:ratio"`` strings (``"entries:0.6"``) or ``(name, ratio)`` pairs; a single
+        string is one protocol.
+    ratio
+        Ratio of the protocols given by name alone: a float, or a dict protocol -> ratio.
+
+    Returns
+    -------
+    The ``(protocol, ratio)`` pairs in the order given.
+
+    Examples
+    --------
+    >>> parse_protocols(["entries", "entries:0.6", ("thin", 0.5)], ratio=0.1)
+    [('entries', 0.1), ('entries', 0.6), ('thin', 0.5)]
+    """
+    if isinstance(protocols, str):
+        protocols = (protocols,)
+    out = []
+    for spec in protocols:
+        if isinstance(spec, tuple):
+            name, r = spec
+        elif ":" in spec:
+            name, _, value = spec.partition(":")
+            try:
+                r = float(value)
+            except ValueError:
+                raise ValueError(f"Protocol {spec!r}: the part after ':' must be a ratio such as 'entries:0.6'.") from None
+        else:
+            name, r = spec, None
+        if name not in PROTOCOLS:
+            raise ValueError(f"Unknown hold-out protocol(s) {[name]}; choose from {list(PROTOCOLS)}.")
+        out.append((name, _ratio_for(ratio, name) if r is None else float(r)))
+    if not out:
+        raise ValueError("`protocols` is empty; give at least one hold-out protocol.")
+    return out
+
+
+def _unpack(pred) -> tuple[np.ndarray, np.ndarray | None]:
+    """A method's output: an array, or a mapping with ``"mean"`` and optionally ``"samples"``."""
+    if isinstance(pred, Mapping):
+        if "mean" not in pred:
+            raise KeyError(f"A method returned a dict without 'mean' (keys {list(pred)}).")
+        samples = pred.get("samples")
+        return np.asarray(pred["mean"]), None if samples is None else np.asarray(samples)
+    return np.asarray(pred), None
+
+
 def evaluate(
     adata: AnnData,
     methods: Mapping[str, Callable[..., np.ndarray]] | None = None,
     *,
-    protocols: Sequence[str] = ("entries",),
+    protocols: str | Sequence[str | tuple[str, float]] = ("entries",),
     ratio: float | Mapping[str, float] = 0.1,
     seeds: Sequence[int] = (0,),
     layer: str | None = None,
     min_entries: int = 10,
+    levels: Sequence[float] = (0.5, 0.9),
 ) -> pd.DataFrame:
     """Benchmark imputation methods on seeded hold-out splits.
 
     For each protocol and seed, :func:`~stmcdi.benchmark.hold_out` masks the counts, every method imputes the
-    masked copy and :func:`~stmcdi.benchmark.score` scores it at the held-out entries; each call is timed.
+    masked copy and :func:`~stmcdi.benchmark.score` scores it at the held-out entries; each call is timed. A
+    method that returns samples is also scored as a distribution: CRPS and the coverage of central intervals.
 
     Parameters
     ----------
     adata
         Annotated data with raw counts (and ``obsm["spatial"]`` for spatial methods). Not modified.
     methods
-        Mapping name -> ``method(adata_masked, *, layer, seed, target) -> np.ndarray`` returning the dense
-        ``(n_obs, n_vars)`` imputation on the log-normalised scale of the masked data (see
-        :data:`~stmcdi.benchmark.BASELINES`); ``target`` is ``"zeros"`` for the ``thin`` protocol (fill the
-        visible zeros) and ``"missing"`` otherwise. Default: all baselines.
+        Mapping name -> ``method(adata_masked, *, layer, seed, target)`` returning the dense ``(n_obs, n_vars)``
+        imputation on the log-normalised scale of the masked data (see :data:`~stmcdi.benchmark.BASELINES`), or
+        a dict with that array under ``"mean"`` and ``(n_samples, n_obs, n_vars)`` draws under ``"samples"``;
+        ``target`` is ``"zeros"`` for the ``thin`` protocol (fill the visible zeros) and ``"missing"``
+        otherwise. Default: all baselines.
     protocols
-        Hold-out protocols, see :func:`~stmcdi.benchmark.hold_out`.
+        Hold-out protocols, see :func:`~stmcdi.benchmark.hold_out`: names, or ``"name:ratio"`` strings /
+        ``(name, ratio)`` pairs to run one protocol at several ratios (:func:`parse_protocols`).
     ratio
-        Hold-out ratio, or a dict protocol -> ratio.
+        Hold-out ratio of the protocols given by name alone, or a dict protocol -> ratio.
     seeds
         Seeds of the hold-out splits (also passed to the methods).
     layer
         Layer with the counts; ``None`` uses ``adata.X``.
     min_entries
         Minimum scored entries of a gene (spot) for the per-gene (per-spot) PCC.
+    levels
+        Nominal levels of the central intervals whose coverage is reported for sampling methods.
 
     Returns
     -------
     One row per (protocol, ratio, seed, method) with columns ``protocol``, ``ratio``, ``seed``, ``method``,
-    the keys of :func:`~stmcdi.benchmark.score` and ``seconds`` (wall time of the method call).
+    the keys of :func:`~stmcdi.benchmark.score`, ``crps`` and ``coverage_50``, ``coverage_90``, ... (NaN for
+    point predictions; see :func:`~stmcdi.benchmark.crps_ensemble` and
+    :func:`~stmcdi.benchmark.interval_coverage`) and ``seconds`` (wall time of the method call).
 
     Examples
     --------
@@ -77,9 +139,10 @@ def evaluate(
     >>> from stmcdi.benchmark import BASELINES
     >>> rng = np.random.default_rng(0)
     >>> adata = AnnData(rng.poisson(3.0, size=(60, 30)).astype(np.float32))
-    >>> df = evaluate(adata, {"gene_mean": BASELINES["gene_mean"]}, seeds=(0, 1), min_entries=3)
-    >>> df[["protocol", "seed", "method"]].values.tolist()
-    [['entries', 0, 'gene_mean'], ['entries', 1, 'gene_mean']]
+    >>> df = evaluate(adata, {"gene_mean": BASELINES["gene_mean"]}, protocols=["entries", "entries:0.5"],
+    ...               seeds=(0, 1), min_entries=3)
+    >>> df[["protocol", "ratio", "seed"]].values.tolist()
+    [['entries', 0.1, 0], ['entries', 0.1, 1], ['entries', 0.5, 0], ['entries', 0.5, 1]]
     """
     if methods is None:
         methods = BASELINES
@@ -88,39 +151,110 @@ def evaluate(
     for name, fn in methods.items():
         if not callable(fn):
             raise TypeError(f"methods[{name!r}] is not callable; expected method(adata_masked, *, layer, seed, target).")
-    if isinstance(protocols, str):
-        protocols = (protocols,)
-    bad = [p for p in protocols if p not in PROTOCOLS]
-    if bad:
-        raise ValueError(f"Unknown hold-out protocol(s) {bad}; choose from {list(PROTOCOLS)}.")
+    pairs = parse_protocols(protocols, ratio)
     if isinstance(seeds, int | np.integer):
         seeds = (int(seeds),)
 
     rows = []
-    for protocol in protocols:
-        r = _ratio_for(ratio, protocol)
+    for protocol, r in pairs:
         for seed in seeds:
             held = hold_out(adata, protocol, r, seed=int(seed), layer=layer)
             logger.info("protocol=%s ratio=%g seed=%d: %d entries held out", protocol, r, seed, held.n_scored)
+            rr, cc = held.mask.nonzero()
             for name, method in methods.items():
                 t0 = time.perf_counter()
                 # thin scores the visible zeros: every method is asked to fill zeros as well as NaN
                 target = "zeros" if protocol == "thin" else "missing"
-                pred = method(held.adata, layer=layer, seed=int(seed), target=target)
+                pred, samples = _unpack(method(held.adata, layer=layer, seed=int(seed), target=target))
                 seconds = time.perf_counter() - t0
-                s = score(held, np.asarray(pred), min_entries=min_entries)
+                s = score(held, pred, min_entries=min_entries)
+                prob = {"crps": np.nan, **{f"coverage_{round(lv * 100)}": np.nan for lv in levels}}
+                if samples is not None:
+                    draws = samples[:, rr, cc]
+                    prob["crps"] = crps_ensemble(held.truth, draws)
+                    for lv in levels:
+                        prob[f"coverage_{round(lv * 100)}"] = interval_coverage(held.truth, draws, level=lv)
                 logger.info("  %s: per-gene PCC %.4f, RMSE %.4f (%.2f s)", name, s["per_gene_pcc"], s["rmse"], seconds)
                 rows.append(
-                    {
-                        "protocol": protocol,
-                        "ratio": r,
-                        "seed": int(seed),
-                        "method": name,
-                        **s,
-                        "seconds": seconds,
-                    }
+                    {"protocol": protocol, "ratio": r, "seed": int(seed), "method": name, **s, **prob, "seconds": seconds}
                 )
     return pd.DataFrame(rows)
+
+
+def compare(
+    df: pd.DataFrame,
+    reference: str = "stmcdi",
+    metrics: Sequence[str] = ("per_gene_pcc", "rmse"),
+) -> pd.DataFrame:
+    """Paired comparison of one method against every other, across the seeds of each protocol.
+
+    Each seed is one split shared by all methods, so the comparison is paired: for every protocol, ratio,
+    other method and metric it gives the mean and sd over seeds of ``reference - other``, how many seeds the
+    reference was better on, and the two-sided paired t-test p-value (``scipy.stats.ttest_rel``; NaN with
+    fewer than 2 seeds or no variation).
+
+    Parameters
+    ----------
+    df
+        The output of :func:`evaluate`, with ``reference`` among its methods.
+    reference
+        The method compared against the others.
+    metrics
+        Columns to compare. For ``rmse``, ``mae``, ``crps`` and their ``_z`` forms lower is better; for the
+        others higher is better.
+
+    Returns
+    -------
+    One row per (protocol, ratio, method, metric) with ``n_seeds``, ``diff_mean``, ``diff_sd``, ``wins``
+    (seeds where the reference is better), ``better`` (``"higher"`` or ``"lower"``) and ``p_value``.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> df = pd.DataFrame({"protocol": "entries", "ratio": 0.1, "seed": [0, 1, 2] * 2,
+    ...                    "method": ["a"] * 3 + ["b"] * 3,
+    ...                    "per_gene_pcc": [0.50, 0.52, 0.51, 0.40, 0.45, 0.41]})
+    >>> out = compare(df, reference="a", metrics=("per_gene_pcc",))
+    >>> out[["method", "n_seeds", "wins"]].values.tolist(), round(float(out["diff_mean"].iloc[0]), 3)
+    ([['b', 3, 3]], 0.09)
+    """
+    from scipy.stats import ttest_rel
+
+    missing = [c for c in ["protocol", "seed", "method", *metrics] if c not in df.columns]
+    if missing:
+        raise KeyError(f"Columns {missing} not in `df` (has {list(df.columns)}); pass the output of `evaluate`.")
+    if reference not in set(df["method"]):
+        raise ValueError(f"Reference method {reference!r} is not in `df` (methods {sorted(set(df['method']))}).")
+    keys = ["protocol", "ratio"] if "ratio" in df.columns else ["protocol"]
+    rows = []
+    for key, grp in df.groupby(keys, sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        ref = grp[grp["method"] == reference].set_index("seed")
+        for other in pd.unique(grp["method"]):
+            if other == reference:
+                continue
+            oth = grp[grp["method"] == other].set_index("seed")
+            seeds = ref.index.intersection(oth.index)
+            for m in metrics:
+                a, b = ref.loc[seeds, m].astype(float).to_numpy(), oth.loc[seeds, m].astype(float).to_numpy()
+                ok = np.isfinite(a) & np.isfinite(b)
+                a, b = a[ok], b[ok]
+                d = a - b
+                lower = m.split("_z")[0] in _LOWER_IS_BETTER
+                wins = int(np.sum(d < 0)) if lower else int(np.sum(d > 0))
+                p = np.nan
+                if len(d) >= 2 and np.std(d) > 0:
+                    p = float(ttest_rel(a, b).pvalue)
+                rows.append({
+                    **dict(zip(keys, key)), "method": other, "metric": m, "n_seeds": len(d),
+                    "diff_mean": float(d.mean()) if len(d) else np.nan,
+                    "diff_sd": float(d.std(ddof=1)) if len(d) >= 2 else np.nan,
+                    "wins": wins, "better": "lower" if lower else "higher", "p_value": p,
+                })
+    return pd.DataFrame(rows)
+
+
+_LOWER_IS_BETTER = ("rmse", "mae", "crps")
 
 
 def _fmt(mean: float, sd: float, n: int, digits: int) -> str:

@@ -12,6 +12,8 @@ def stmcdi_method(
     model_kwargs: dict | None = None,
     train_kwargs: dict | None = None,
     impute_kwargs: dict | None = None,
+    *,
+    samples: bool = False,
 ) -> Callable[..., np.ndarray]:
     """Wrap :class:`~stmcdi.STMCDI` as a benchmark method: build the graph, train, impute.
 
@@ -23,11 +25,14 @@ def stmcdi_method(
         Arguments of :meth:`~stmcdi.STMCDI.train` (default: the model's defaults, no progress bar).
     impute_kwargs
         Arguments of :meth:`~stmcdi.STMCDI.impute` (its ``seed`` defaults to the split's seed).
+    samples
+        Return the samples too, so that :func:`~stmcdi.benchmark.evaluate` scores CRPS and interval coverage.
 
     Returns
     -------
-    ``method(adata_masked, *, layer=None, seed=0, target="missing") -> np.ndarray``, the dense imputation on
-    the log-normalised scale. ``scvi.settings.seed`` is set to ``seed`` before training, so a split and its
+    ``method(adata_masked, *, layer=None, seed=0, target="missing")``: the dense imputation on the
+    log-normalised scale, or with ``samples=True`` a dict with it under ``"mean"`` and the
+    ``(n_samples, n_obs, n_vars)`` draws under ``"samples"``. ``scvi.settings.seed`` is set to ``seed`` before training, so a split and its
     model share a seed. The masked AnnData is copied; the caller's object is not modified.
 
     Examples
@@ -52,9 +57,9 @@ def stmcdi_method(
         model = STMCDI(work, **model_kwargs)
         model.train(**train_kwargs)
         kwargs = {"seed": int(seed), **impute_kwargs}  # an explicit impute seed wins over the split's
-        out = model.impute(target=target, inplace=False, **kwargs)
+        out = model.impute(target=target, inplace=False, return_samples=samples, **kwargs)
         method.last_model = model
-        return out["mean"]
+        return {"mean": out["mean"], "samples": out["samples"]} if samples else out["mean"]
 
     method.last_model = None
     return method
