@@ -1,0 +1,216 @@
+"""Wrappers of other imputation tools (MAGIC, scVI, STAGATE), used by the benchmark when they are installed.
+
+Each wrapper has the benchmark method signature ``method(adata_masked, *, layer=None, seed=0,
+target="missing") -> np.ndarray`` and returns the dense imputation on the log-normalised scale of the masked
+data (:func:`stmcdi.pp.log_normalize`, the scale the benchmark scores on). None of these tools accepts missing
+entries, so each starts from a complete matrix: a missing entry starts at its gene's observed mean (on the
+log scale for MAGIC and STAGATE, as an expected count ``mean fraction x library`` for scVI). With
+``target="zeros"`` (the ``thin`` protocol) the zeros stay zeros in the input, as in ordinary use, and are
+read back from the tool's output.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+
+import numpy as np
+from anndata import AnnData
+
+from stmcdi._constants import KEYS
+from stmcdi._validation import get_coordinates, get_layer
+from stmcdi.pp._normalize import log_normalize
+
+from ._baselines import _column_means, _fill, _lognorm
+
+
+def _install_hint(package: str, module: str) -> ImportError:
+    return ImportError(
+        f"This method needs the {module!r} module; install it with `pip install {package}` "
+        "(or `pip install 'stmcdi[benchmark]'` for MAGIC), or leave the method out."
+    )
+
+
+def _start(adata: AnnData, layer: str | None, target: str) -> tuple[np.ndarray, np.ndarray]:
+    """Log-normalised input with every entry filled (missing -> gene mean) and the mask of entries to fill."""
+    x = _lognorm(adata, layer, target)
+    fill = np.isnan(x)
+    start = _lognorm(adata, layer, "missing")  # zeros kept as zeros in the input
+    start = _fill(start, np.broadcast_to(_column_means(start), start.shape))
+    return start, fill
+
+
+def magic(adata: AnnData, *, layer: str | None = None, seed: int = 0, target: str = "missing", **kwargs) -> np.ndarray:
+    """MAGIC (van Dijk et al. 2018) on the log-normalised masked data, via the ``magic-impute`` package.
+
+    Parameters
+    ----------
+    adata
+        Masked data with raw counts (NaN at missing entries).
+    layer
+        Layer with the counts; ``None`` uses ``adata.X``.
+    seed
+        ``random_state`` of MAGIC.
+    target
+        ``"missing"`` fills the NaN entries; ``"zeros"`` also fills the zeros.
+    **kwargs
+        Passed to ``magic.MAGIC`` (e.g. ``knn``, ``t``).
+
+    Returns
+    -------
+    Dense ``(n_obs, n_vars)`` float64 imputation: observed entries unchanged, the entries to fill from MAGIC.
+
+    Examples
+    --------
+    >>> from stmcdi.benchmark import hold_out
+    >>> import stmcdi
+    >>> held = hold_out(stmcdi.datasets.synthetic(n_spots=80, n_genes=16), seed=0)
+    >>> magic(held.adata, seed=0).shape  # doctest: +SKIP
+    (80, 16)
+    """
+    if importlib.util.find_spec("magic") is None:
+        raise _install_hint("magic-impute", "magic")
+    import magic as magic_pkg
+
+    start, fill = _start(adata, layer, target)
+    op = magic_pkg.MAGIC(random_state=seed, verbose=0, **kwargs)
+    smooth = np.asarray(op.fit_transform(start), dtype=np.float64)
+    out = start.copy()
+    out[fill] = np.clip(smooth[fill], 0.0, None)
+    return out
+
+
+def scvi_impute(
+    adata: AnnData, *, layer: str | None = None, seed: int = 0, target: str = "missing", max_epochs: int | None = None
+) -> np.ndarray:
+    """Impute with scVI (Lopez et al. 2018) trained on the masked counts: its normalised expression fills in.
+
+    Missing counts start at their expectation under the gene-mean baseline (the gene's observed share of
+    counts times the spot's library), rounded; scVI's ``get_normalized_expression`` scaled to the data's
+    target sum and ``log1p``-transformed fills the entries.
+
+    Parameters
+    ----------
+    adata
+        Masked data with raw counts (NaN at missing entries).
+    layer
+        Layer with the counts; ``None`` uses ``adata.X``.
+    seed
+        ``scvi.settings.seed`` for training.
+    target
+        ``"missing"`` fills the NaN entries; ``"zeros"`` also fills the zeros.
+    max_epochs
+        Training epochs (default: scvi-tools' own, ``min(400, 20000 / n_obs)``-ish).
+
+    Returns
+    -------
+    Dense ``(n_obs, n_vars)`` float64 imputation on the log-normalised scale.
+
+    Examples
+    --------
+    >>> from stmcdi.benchmark import hold_out
+    >>> import stmcdi
+    >>> held = hold_out(stmcdi.datasets.synthetic(n_spots=80, n_genes=16), seed=0)
+    >>> scvi_impute(held.adata, max_epochs=2).shape  # doctest: +SKIP
+    (80, 16)
+    """
+    import scipy.sparse as sp
+    import scvi
+
+    counts = get_layer(adata, layer)
+    counts = np.asarray(counts.toarray() if sp.issparse(counts) else counts, dtype=np.float64)
+    x, library, target_sum = log_normalize(counts)
+    miss = np.isnan(counts)
+    share = np.nansum(counts, axis=0) / max(np.nansum(counts), 1.0)
+    full = np.where(miss, np.rint(share[None, :] * library[:, None]), counts)
+    work = AnnData(full.astype(np.float32))
+    scvi.settings.seed = int(seed)
+    scvi.model.SCVI.setup_anndata(work)
+    model = scvi.model.SCVI(work)
+    model.train(max_epochs=max_epochs, enable_progress_bar=False)
+    rate = model.get_normalized_expression(work, library_size=float(target_sum), return_numpy=True)
+    fill = miss | ((x == 0) if target == "zeros" else False)
+    out = np.nan_to_num(x.astype(np.float64), nan=0.0)
+    out[fill] = np.log1p(np.asarray(rate, dtype=np.float64)[fill])
+    return out
+
+
+def stagate(
+    adata: AnnData,
+    *,
+    layer: str | None = None,
+    seed: int = 0,
+    target: str = "missing",
+    n_neighbors: int = 6,
+    n_epochs: int = 1000,
+) -> np.ndarray:
+    """STAGATE (Dong & Zhang 2022) graph-attention autoencoder; its reconstruction fills the entries.
+
+    Uses the ``STAGATE_pyG`` package (installed from its GitHub repository; it is not on PyPI): a spatial
+    kNN net (``Cal_Spatial_Net(model="KNN")``) and ``train_STAGATE(save_reconstrction=True)`` on the
+    log-normalised masked data with missing entries at their gene mean.
+
+    Parameters
+    ----------
+    adata
+        Masked data with raw counts (NaN at missing entries) and ``obsm["spatial"]``.
+    layer
+        Layer with the counts; ``None`` uses ``adata.X``.
+    seed
+        ``random_seed`` of STAGATE.
+    target
+        ``"missing"`` fills the NaN entries; ``"zeros"`` also fills the zeros.
+    n_neighbors
+        Spatial neighbours of the net (STAGATE's ``k_cutoff``).
+    n_epochs
+        Training epochs (STAGATE's default 1000).
+
+    Returns
+    -------
+    Dense ``(n_obs, n_vars)`` float64 imputation on the log-normalised scale.
+
+    Examples
+    --------
+    >>> from stmcdi.benchmark import hold_out
+    >>> import stmcdi
+    >>> held = hold_out(stmcdi.datasets.synthetic(n_spots=80, n_genes=16), seed=0)
+    >>> stagate(held.adata, n_epochs=10).shape  # doctest: +SKIP
+    (80, 16)
+    """
+    if importlib.util.find_spec("STAGATE_pyG") is None:
+        raise _install_hint("git+https://github.com/QIFEIDKN/STAGATE_pyG", "STAGATE_pyG")
+    import STAGATE_pyG
+
+    start, fill = _start(adata, layer, target)
+    work = AnnData(start.astype(np.float32), obs=adata.obs[[]].copy())
+    work.obsm["spatial"] = np.asarray(get_coordinates(adata, KEYS.SPATIAL), dtype=np.float64)
+    STAGATE_pyG.Cal_Spatial_Net(work, k_cutoff=n_neighbors, model="KNN", verbose=False)
+    STAGATE_pyG.train_STAGATE(work, n_epochs=n_epochs, random_seed=int(seed), save_reconstrction=True,
+                              verbose=False)
+    rex = np.asarray(work.layers["STAGATE_ReX"], dtype=np.float64)
+    out = start.copy()
+    out[fill] = np.clip(rex[fill], 0.0, None)
+    return out
+
+
+#: Other tools, wrapped with the benchmark method signature: ``name -> (method, importable module)``.
+EXTRAS: dict[str, tuple[Callable[..., np.ndarray], str]] = {
+    "magic": (magic, "magic"),
+    "scvi": (scvi_impute, "scvi"),
+    "stagate": (stagate, "STAGATE_pyG"),
+}
+
+
+def available_extras() -> dict[str, Callable[..., np.ndarray]]:
+    """The wrapped tools whose packages are installed.
+
+    Returns
+    -------
+    Dict name -> method (see :data:`EXTRAS`), in the order magic, scvi, stagate, for those importable here.
+
+    Examples
+    --------
+    >>> "scvi" in available_extras()  # scvi-tools is a dependency of stmcdi
+    True
+    """
+    return {name: fn for name, (fn, module) in EXTRAS.items() if importlib.util.find_spec(module) is not None}
