@@ -13,8 +13,15 @@ TINY = ["--epochs", "2", "--n-samples", "2", "--n-steps", "3", "--batch-size", "
 def test_parser_defaults():
     args = build_parser().parse_args(["benchmark", "--data", "x.h5ad"])
     assert args.protocol == ["entries"] and args.ratio == 0.1 and args.n_genes == 1000 and args.panel == "seurat_v3"
+    assert args.compare_to == "stmcdi" and not args.no_extras
     with pytest.raises(SystemExit):
-        build_parser().parse_args(["benchmark", "--data", "x.h5ad", "--protocol", "everything"])
+        build_parser().parse_args(["ablation", "--data", "x.h5ad", "--study", "everything"])
+
+
+@pytest.mark.parametrize("protocol", ["everything", "entries:lots"])
+def test_bad_protocol_is_a_clear_error(protocol, capsys):
+    assert main(["benchmark", "--data", "x.h5ad", "--protocol", protocol]) == 2
+    assert "protocol" in capsys.readouterr().err.lower()
 
 
 def test_demo_prints_table_and_saves_figure(tmp_path, capsys):
@@ -44,19 +51,56 @@ def test_benchmark_baselines_only_and_csv(tmp_path, capsys):
     src = tmp_path / "in.h5ad"
     adata.write_h5ad(src)
     csv = tmp_path / "res.csv"
-    code = main(["benchmark", "--data", str(src), "--no-stmcdi", "--n-genes", "0", "--protocol", "entries", "thin",
-                 "--seeds", "0", "1", "--csv", str(csv)])
+    md = tmp_path / "res.md"
+    code = main(["benchmark", "--data", str(src), "--no-stmcdi", "--no-extras", "--n-genes", "0", "--protocol",
+                 "entries", "entries:0.5", "thin:0.5", "--seeds", "0", "1", "--csv", str(csv), "--markdown", str(md),
+                 "--compare-to", "low_rank"])
     assert code == 0
     out = capsys.readouterr().out
     assert "Split-half ceiling" in out and "| thin" in out
     import pandas as pd
 
     df = pd.read_csv(csv)
-    assert len(df) == 2 * 2 * 5 and set(df["protocol"]) == {"entries", "thin"}
+    assert len(df) == 3 * 2 * 5 and set(df["protocol"]) == {"entries", "thin"}
+    assert sorted(set(df["ratio"])) == [0.1, 0.5]
+    text = md.read_text()
+    assert "Paired comparison across seeds: low_rank minus each method" in text and "| spot_mean |" in text
     assert main(["benchmark", "--data", str(src), "--no-stmcdi", "--methods", "nope"]) == 2
 
 
-@pytest.mark.parametrize("command", ["demo", "impute", "benchmark"])
+def test_benchmark_scores_stmcdi_samples_and_compares(tmp_path, capsys):
+    adata = stmcdi.datasets.synthetic(n_spots=80, n_genes=30, seed=3)
+    src = tmp_path / "in.h5ad"
+    adata.write_h5ad(src)
+    csv = tmp_path / "res.csv"
+    assert main(["benchmark", "--data", str(src), "--n-genes", "0", "--methods", "stmcdi", "gene_mean",
+                 "--seeds", "0", "1", "--csv", str(csv), *TINY]) == 0
+    out = capsys.readouterr().out
+    assert "coverage_90" in out and "stmcdi minus each method" in out
+    import pandas as pd
+
+    df = pd.read_csv(csv).set_index("method")
+    assert np.isfinite(df.loc["stmcdi", "crps"]).all() and df.loc["gene_mean", "crps"].isna().all()
+
+
+def test_ablation_runs_each_variant_on_the_same_splits(tmp_path, capsys):
+    adata = stmcdi.datasets.synthetic(n_spots=80, n_genes=30, seed=3)
+    src = tmp_path / "in.h5ad"
+    adata.write_h5ad(src)
+    csv = tmp_path / "abl.csv"
+    assert main(["ablation", "--study", "objective", "--data", str(src), "--n-genes", "0", "--csv", str(csv),
+                 *TINY]) == 0
+    out = capsys.readouterr().out
+    assert "objective=diffusion minus each method" in out
+    import pandas as pd
+
+    df = pd.read_csv(csv).set_index("method")
+    assert list(df.index) == ["objective=diffusion", "objective=mae"]
+    assert df.loc["objective=diffusion", "n_scored"] == df.loc["objective=mae", "n_scored"]
+    assert main(["ablation", "--study", "encoder", "--variants", "transformer", "--data", str(src)]) == 2
+
+
+@pytest.mark.parametrize("command", ["demo", "impute", "benchmark", "ablation"])
 def test_every_command_documents_its_output_and_examples(command):
     # the API reference shows these help texts: each says what it writes and gives runnable examples
     from stmcdi._cli import build_parser

@@ -153,17 +153,51 @@ def cmd_impute(args) -> int:
     return 0
 
 
-def cmd_benchmark(args) -> int:
-    """Benchmark STMCDI and the baselines on any .h5ad with counts and coordinates."""
+def _load_panel(args):
     import anndata as ad
 
+    return _select(ad.read_h5ad(args.data), args)
+
+
+def _report(args, df, ceiling: float, reference: str | None) -> None:
+    """Print the summary (and the paired comparison against ``reference``); write CSV / markdown files."""
     import stmcdi
 
-    adata = _select(ad.read_h5ad(args.data), args)
+    metrics = ["per_gene_pcc", "pcc", "rmse", "mae"]
+    if "crps" in df and df["crps"].notna().any():
+        metrics += ["crps", "coverage_90"]
+    summary = stmcdi.benchmark.summarize(df, metrics=metrics, ceiling=ceiling)
+    text = [f"Split-half ceiling of per-gene PCC: {ceiling:.3f}", "", stmcdi.benchmark.to_markdown(summary)]
+    if reference is not None and reference in set(df["method"]) and df["method"].nunique() > 1:
+        cmp = stmcdi.benchmark.compare(df, reference=reference, metrics=("per_gene_pcc", "rmse"))
+        cmp = cmp.round({"diff_mean": 4, "diff_sd": 4, "p_value": 4})
+        text += ["", f"Paired comparison across seeds: {reference} minus each method", "",
+                 stmcdi.benchmark.to_markdown(cmp)]
+    print("\n" + "\n".join(text))
+    if args.markdown:
+        Path(args.markdown).write_text("\n".join(text) + "\n")
+        print(f"\nMarkdown tables: {args.markdown}")
+    if args.csv:
+        df.to_csv(args.csv, index=False)
+        print(f"\nPer-seed results: {args.csv}")
+
+
+def cmd_benchmark(args) -> int:
+    """Benchmark STMCDI, the baselines and the installed extra tools on any .h5ad with counts and coordinates."""
+    import stmcdi
+
+    try:
+        pairs = stmcdi.benchmark.parse_protocols(args.protocol, args.ratio)
+    except ValueError as err:
+        print(err, file=sys.stderr)
+        return 2
+    adata = _load_panel(args)
     methods = dict(stmcdi.benchmark.BASELINES)
+    if not args.no_extras:
+        methods.update(stmcdi.benchmark.available_extras())
     if not args.no_stmcdi:
         model_kw, train_kw, impute_kw = _model_kwargs(args)
-        methods = {"stmcdi": stmcdi.benchmark.stmcdi_method(model_kw, train_kw, impute_kw), **methods}
+        methods = {"stmcdi": stmcdi.benchmark.stmcdi_method(model_kw, train_kw, impute_kw, samples=True), **methods}
     if args.methods:
         unknown = sorted(set(args.methods) - set(methods))
         if unknown:
@@ -171,22 +205,59 @@ def cmd_benchmark(args) -> int:
             return 2
         methods = {k: methods[k] for k in args.methods}
     print(f"{args.data}: {adata.n_obs} spots x {adata.n_vars} genes ({args.panel} panel); "
-          f"protocols {args.protocol}, ratio {args.ratio}, seeds {args.seeds}")
+          f"protocols {[f'{p}:{r:g}' for p, r in pairs]}, seeds {args.seeds}; methods {list(methods)}")
     counts = adata.layers[args.layer] if args.layer else adata.X
     ceiling = stmcdi.benchmark.split_half_ceiling(counts, seed=0)
-    df = stmcdi.benchmark.evaluate(adata, methods, protocols=args.protocol, ratio=args.ratio, seeds=args.seeds,
-                                   layer=args.layer)
-    summary = stmcdi.benchmark.summarize(df, ceiling=ceiling)
-    print(f"\nSplit-half ceiling of per-gene PCC: {ceiling:.3f}\n")
-    print(stmcdi.benchmark.to_markdown(summary))
-    if args.csv:
-        df.to_csv(args.csv, index=False)
-        print(f"\nPer-seed results: {args.csv}")
+    df = stmcdi.benchmark.evaluate(adata, methods, protocols=pairs, seeds=args.seeds, layer=args.layer)
+    _report(args, df, ceiling, args.compare_to)
     return 0
 
 
+def cmd_ablation(args) -> int:
+    """Run one of the paper's ablations (or the masked-autoencoder control) on an .h5ad."""
+    import stmcdi
+
+    try:
+        pairs = stmcdi.benchmark.parse_protocols(args.protocol, args.ratio)
+    except ValueError as err:
+        print(err, file=sys.stderr)
+        return 2
+    table = stmcdi.benchmark.ABLATIONS[args.study]
+    variants = args.variants or list(table)
+    unknown = [v for v in variants if v not in table]
+    if unknown:
+        print(f"Unknown variants {unknown} of {args.study}; choose from {list(table)}", file=sys.stderr)
+        return 2
+    adata = _load_panel(args)
+    model_kw, train_kw, impute_kw = _model_kwargs(args)
+    model_kw.pop("encoder")  # the encoder study sets it; the others keep the default
+    if args.encoder != "gcn" and args.study != "encoder":
+        model_kw["encoder"] = args.encoder
+    print(f"{args.data}: {adata.n_obs} spots x {adata.n_vars} genes ({args.panel} panel); study {args.study}, "
+          f"variants {variants}; protocols {[f'{p}:{r:g}' for p, r in pairs]}, seeds {args.seeds}")
+    counts = adata.layers[args.layer] if args.layer else adata.X
+    ceiling = stmcdi.benchmark.split_half_ceiling(counts, seed=0)
+    df = stmcdi.benchmark.ablation(adata, args.study, variants=variants, protocols=pairs, seeds=args.seeds,
+                                   layer=args.layer, model_kwargs=model_kw, train_kwargs=train_kw,
+                                   impute_kwargs=impute_kw)
+    _report(args, df, ceiling, f"{args.study}={variants[0]}")
+    return 0
+
+
+def _add_protocol_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help=".h5ad with raw counts and obsm['spatial']")
+    p.add_argument("--protocol", nargs="+", default=["entries"], metavar="PROTOCOL[:RATIO]",
+                   help="hold-out protocols, each optionally with its own ratio, e.g. entries:0.1 entries:0.6 "
+                        "nonzero spots thin:0.5 (default entries; protocols: entries, nonzero, spots, genes, thin)")
+    p.add_argument("--ratio", type=float, default=0.1,
+                   help="fraction held out for protocols given without a ratio (default 0.1)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of the hold-out splits (default 0)")
+    p.add_argument("--csv", default=None, help="write per-seed results here")
+    p.add_argument("--markdown", default=None, help="write the markdown tables here")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The ``stmcdi`` argument parser (``demo``, ``impute``, ``benchmark``).
+    """The ``stmcdi`` argument parser (``demo``, ``impute``, ``benchmark``, ``ablation``).
 
     Returns
     -------
@@ -256,29 +327,61 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=raw,
         description=(
             "Hide entries of an .h5ad with the chosen protocols and seeds (stmcdi.benchmark.hold_out), impute\n"
-            "them with STMCDI and every baseline, and score them (stmcdi.benchmark.score).\n\n"
-            "output: the split-half ceiling and a markdown table of mean +- sd over seeds per protocol and\n"
-            "method on stdout; with --csv, one row per protocol, seed and method."
+            "them with STMCDI, every baseline and the other tools that are installed (MAGIC, scVI, STAGATE), and\n"
+            "score them (stmcdi.benchmark.score; CRPS and interval coverage for STMCDI's samples).\n\n"
+            "output: the split-half ceiling, a markdown table of mean +- sd over seeds per protocol and method,\n"
+            "and the paired comparison of --compare-to against each method on stdout (also to --markdown);\n"
+            "with --csv, one row per protocol, seed and method."
         ),
         epilog=(
             "examples:\n"
             "  stmcdi benchmark --data section.h5ad --protocol entries --ratio 0.1 --seeds 0 1 2\n"
-            "  stmcdi benchmark --data section.h5ad --protocol thin --ratio 0.5 --no-stmcdi --csv thin.csv"
+            "  stmcdi benchmark --data section.h5ad --protocol entries:0.1 entries:0.6 nonzero spots thin:0.5 "
+            "--seeds 0 1 2 --csv results.csv --markdown results.md\n"
+            "  stmcdi benchmark --data section.h5ad --protocol thin:0.5 --no-stmcdi --csv thin.csv"
         ),
     )
-    bench.add_argument("--data", required=True, help=".h5ad with raw counts and obsm['spatial']")
-    bench.add_argument("--protocol", nargs="+", default=["entries"],
-                       choices=("entries", "nonzero", "spots", "genes", "thin"),
-                       help="hold-out protocols (default entries; see stmcdi.benchmark.hold_out)")
-    bench.add_argument("--ratio", type=float, default=0.1,
-                       help="fraction held out, for every protocol (default 0.1; 0.5 is usual for thin)")
-    bench.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of the hold-out splits (default 0)")
+    _add_protocol_args(bench)
     bench.add_argument("--methods", nargs="+", default=None, help="subset of methods to run")
     bench.add_argument("--no-stmcdi", action="store_true", help="baselines only")
-    bench.add_argument("--csv", default=None, help="write per-seed results here")
+    bench.add_argument("--no-extras", action="store_true",
+                       help="leave out the other tools (MAGIC, scVI, STAGATE) even where installed")
+    bench.add_argument("--compare-to", default="stmcdi",
+                       help="method compared, seed by seed, against every other (default stmcdi)")
     _add_panel_args(bench, default_genes=1000)
     _add_model_args(bench)
     bench.set_defaults(func=cmd_benchmark)
+
+    abl = sub.add_parser(
+        "ablation",
+        help="one of the paper's ablations, or the masked-autoencoder control",
+        formatter_class=raw,
+        description=(
+            "Train and score STMCDI once per variant of a study (stmcdi.benchmark.ABLATIONS) on the same\n"
+            "hold-out splits: mask-strategy (entries / spots / genes), mask-phase (input mask, representation\n"
+            "re-mask, both, none), encoder (gcn / gat / gin / mlp / none), mask-ratio (training mask ratio\n"
+            "sweep, the paper's Fig. 3) and objective (diffusion against the masked autoencoder: the same\n"
+            "network trained to predict the targets in one pass).\n\n"
+            "output: the split-half ceiling, a markdown table of mean +- sd over seeds per variant (CRPS and\n"
+            "90%% coverage included) and the paired comparison of the first (default) variant against each\n"
+            "other on stdout; with --csv and --markdown, files."
+        ),
+        epilog=(
+            "examples:\n"
+            "  stmcdi ablation --study encoder --data section.h5ad --seeds 0 1 2\n"
+            "  stmcdi ablation --study objective --data section.h5ad --protocol entries:0.1 thin:0.5\n"
+            "  stmcdi ablation --study mask-ratio --data section.h5ad --variants 0.1-0.9 0.2 0.6 --csv ratio.csv"
+        ),
+    )
+    abl.add_argument("--study", required=True, choices=("mask-strategy", "mask-phase", "encoder", "mask-ratio",
+                                                         "objective"),
+                     help="which ablation to run")
+    abl.add_argument("--variants", nargs="+", default=None,
+                     help="subset of the study's variants (default all; the first is the reference)")
+    _add_protocol_args(abl)
+    _add_panel_args(abl, default_genes=1000)
+    _add_model_args(abl)
+    abl.set_defaults(func=cmd_ablation)
     return parser
 
 

@@ -14,6 +14,7 @@ from .nn import GeneDenoiser, SpatialEncoder, ddim_timesteps, quadratic_beta_sch
 
 MaskStrategy = Literal["entries", "spots", "genes"]
 EncoderChoice = Literal["gcn", "gat", "gin", "mlp", "none"]
+Objective = Literal["diffusion", "mae"]
 
 
 class STMCDIModule(BaseModuleClass):
@@ -74,6 +75,12 @@ class STMCDIModule(BaseModuleClass):
         Diffuse the residual :math:`x - \hat x` (with :math:`\hat x` detached) instead of :math:`x`:
         sampling starts from Gaussian noise around the read-out, so the sample mean starts from the
         read-out's accuracy and the diffusion models what is left and its spread.
+    objective
+        ``"diffusion"`` (stMCDI) or ``"mae"``, the masked-autoencoder control of DESIGN §5: the same encoder,
+        read-out and denoiser trained to predict the targets in one pass. The denoiser gets no noise (its
+        noisy input is 0, its step 0) and regresses the target values (their residual from the read-out when
+        ``residual``) with the same masked squared error; sampling is one deterministic pass, so every sample
+        is the same and the spread is 0.
     dropout
         Dropout between encoder layers. On the 262-spot mouse olfactory bulb the read-out over-fitted after
         ~300 steps without it; with 0.3 it held its accuracy over 2000 steps (docs/benchmarks.md).
@@ -131,9 +138,12 @@ class STMCDIModule(BaseModuleClass):
         representation_mask_ratio: float = 0.0,
         readout_loss_weight: float = 1.0,
         residual: bool = True,
+        objective: Objective = "diffusion",
         dropout: float = 0.3,
     ):
         super().__init__()
+        if objective not in ("diffusion", "mae"):
+            raise ValueError(f"objective must be 'diffusion' or 'mae' (the masked-autoencoder control), got {objective!r}.")
         if mask_strategy not in ("entries", "spots", "genes"):
             raise ValueError(f"mask_strategy must be 'entries', 'spots' or 'genes', got {mask_strategy!r}.")
         lo, hi = (mask_ratio, mask_ratio) if np.isscalar(mask_ratio) else tuple(mask_ratio)
@@ -151,6 +161,7 @@ class STMCDIModule(BaseModuleClass):
         self.readout_loss_weight = float(readout_loss_weight)
         self.residual = bool(residual) and encoder != "none"
         self.n_diffusion_steps = n_diffusion_steps
+        self.objective = objective
 
         # Float buffers only: EMA with integer buffers corrupts them (notes §3); these never change in training.
         self.register_buffer("gene_mean", torch.as_tensor(np.asarray(gene_mean), dtype=torch.float32))
@@ -478,7 +489,8 @@ class STMCDIModule(BaseModuleClass):
         Returns
         -------
         Dict with ``"eps"``, the ``(B, G)`` predicted noise, ``"noise"``, the ``(B, G)`` drawn noise, and
-        ``"t"``, the int64 ``(B,)`` steps.
+        ``"t"``, the int64 ``(B,)`` steps. With ``objective="mae"``, ``"eps"`` is the one-pass prediction of
+        the targets (residual from ``base``), ``"noise"`` their true value and ``t`` is 0.
 
         Examples
         --------
@@ -491,11 +503,16 @@ class STMCDIModule(BaseModuleClass):
         (torch.Size([1, 6]), torch.Size([1, 6]), torch.int64)
         """
         b = x.shape[0]
+        tf = target.to(x.dtype)
+        if self.objective == "mae":
+            # one-pass control: no noise in, the "noise" to predict is the target value (residual) itself
+            t = torch.zeros(b, device=x.device, dtype=torch.long)
+            pred = self.denoise(torch.zeros_like(x), t, x, tf, cond, z, x_hat, context)
+            return {"eps": pred, "noise": x - base, "t": t}
         t = torch.randint(0, self.n_diffusion_steps, (b,), device=x.device, generator=generator)
         noise = torch.randn(x.shape, device=x.device, generator=generator)
         ab = self.alpha_bar[t][:, None]
         x_t = ab.sqrt() * (x - base) + (1.0 - ab).sqrt() * noise
-        tf = target.to(x.dtype)
         eps = self.denoise(x_t, t, x, tf, cond, z, x_hat, context)
         return {"eps": eps, "noise": noise, "t": t}
 
@@ -629,7 +646,12 @@ class STMCDIModule(BaseModuleClass):
         n = x.shape[0]
         # the chain runs on the residual r = x - base; clip the implied clean value base + r to the data range
         clip = lambda r: torch.maximum(torch.minimum(base + r, self.x0_high), self.x0_low) - base
-        if sampler == "ddpm":
+        if sampler not in ("ddim", "ddpm"):
+            raise ValueError(f"sampler must be 'ddim' or 'ddpm', got {sampler!r}.")
+        if self.objective == "mae":  # one deterministic pass: every sample is the same
+            tt = torch.zeros(n, device=x.device, dtype=torch.long)
+            xt = clip(self.denoise(torch.zeros_like(x), tt, x, target, cond, z, x_hat, context))
+        elif sampler == "ddpm":
             for t in range(self.n_diffusion_steps - 1, -1, -1):
                 tt = torch.full((n,), t, device=x.device, dtype=torch.long)
                 eps = self.denoise(xt, tt, x, target, cond, z, x_hat, context)
@@ -656,8 +678,6 @@ class STMCDIModule(BaseModuleClass):
                     xt = ab_prev.sqrt() * x0 + (1.0 - ab_prev).sqrt() * eps
                 else:
                     xt = x0
-        else:
-            raise ValueError(f"sampler must be 'ddim' or 'ddpm', got {sampler!r}.")
         filled = torch.where(target.bool(), base + xt, x)
         values = self.unscale(filled).clamp_min(0.0)  # log-normalised values are >= 0
         return values.view(-1, s, self.n_genes).transpose(0, 1)
