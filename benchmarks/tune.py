@@ -1,0 +1,95 @@
+"""Choose STMCDI's defaults by validation on observed entries, never on the held-out test entries.
+
+For each seed, the test split (``--protocol``, ``--ratio``) is hidden first; from what stays observed a second,
+validation split (``entries`` 10% of the observed entries, seed ``1000 + seed``) is hidden too. Every
+configuration trains on the data with both splits hidden and is scored on the validation entries only; the
+test entries are never imputed or read. The chosen configuration is then the one to run on the test split
+with ``stmcdi benchmark``.
+
+    python benchmarks/tune.py --data ../shared/data/stahl2016_mob_rep11.h5ad --configs default steps1000 mask0.6
+
+Configurations are named in CONFIGS below (model arguments, train arguments).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+import warnings
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+import stmcdi
+
+#: name -> (STMCDI arguments, train arguments); "default" is the package's defaults.
+CONFIGS: dict[str, tuple[dict, dict]] = {
+    "default": ({}, {}),
+    "steps1000": ({}, {"max_steps": 1000}),
+    "steps3000": ({}, {"max_steps": 3000}),
+    "mask0.6": ({"mask_ratio": 0.6}, {}),
+    "dropout0.1": ({"dropout": 0.1}, {}),
+    "channels32": ({"n_channels": 32}, {}),
+    "channels96": ({"n_channels": 96}, {}),
+    "layers3": ({"n_layers": 3}, {}),
+    "latent64": ({"n_latent": 64}, {}),
+}
+
+
+def _train_kwargs(train: dict) -> dict:
+    """``max_steps`` -> ``train(max_steps_default=...)``: about that many optimizer steps."""
+    train = dict(train)
+    steps = train.pop("max_steps", None)
+    if steps is not None:
+        train["max_steps_default"] = steps
+    return {"enable_progress_bar": False, **train}
+
+
+def main() -> None:
+    """Score each configuration on the validation entries and print the table."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", required=True)
+    p.add_argument("--protocol", default="entries")
+    p.add_argument("--ratio", type=float, default=0.1)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    p.add_argument("--panel", default="seurat_v3", choices=("seurat_v3", "cv"))
+    p.add_argument("--csv", default=None)
+    args = p.parse_args()
+    warnings.filterwarnings("ignore")
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+
+    adata = ad.read_h5ad(args.data)
+    stmcdi.pp.select_genes(adata, 1000, flavor=args.panel, subset=True)
+    rows = []
+    for seed in args.seeds:
+        test = stmcdi.benchmark.hold_out(adata, args.protocol, args.ratio, seed=seed)
+        val = stmcdi.benchmark.hold_out(test.adata, "entries", 0.1, seed=1000 + seed)
+        assert not (val.mask.multiply(test.mask)).nnz  # validation entries are observed in the test split
+        for name in args.configs:
+            model_kw, train_kw = CONFIGS[name]
+            method = stmcdi.benchmark.stmcdi_method(model_kw, _train_kwargs(train_kw), samples=True)
+            t0 = time.perf_counter()
+            out = method(val.adata, seed=seed)
+            seconds = time.perf_counter() - t0
+            s = stmcdi.benchmark.score(val, out["mean"])
+            r, c = val.mask.nonzero()
+            draws = out["samples"][:, r, c]
+            row = {"seed": seed, "config": name, **{k: s[k] for k in ("per_gene_pcc", "pcc", "rmse", "mae")},
+                   "crps": stmcdi.benchmark.crps_ensemble(val.truth, draws),
+                   "coverage_90": stmcdi.benchmark.interval_coverage(val.truth, draws, 0.9), "seconds": seconds}
+            rows.append(row)
+            print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+    df = pd.DataFrame(rows)
+    if args.csv:
+        df.to_csv(args.csv, index=False)
+    summary = stmcdi.benchmark.summarize(df.rename(columns={"config": "method"}).assign(protocol="validation"),
+                                         metrics=("per_gene_pcc", "rmse", "crps", "coverage_90", "seconds"))
+    print(stmcdi.benchmark.to_markdown(summary))
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=4)
+    main()
