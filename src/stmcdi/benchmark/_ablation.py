@@ -60,14 +60,14 @@ def ablation(
     impute_kwargs: dict | None = None,
     min_entries: int = 10,
 ) -> pd.DataFrame:
-    """Run one ablation study of :data:`ABLATIONS`: STMCDI once per variant on the same hold-out splits.
+    """Run one ablation study of :data:`~stmcdi.benchmark.ABLATIONS`: STMCDI once per variant on the same hold-out splits.
 
     Parameters
     ----------
     adata
         Annotated data with raw counts and ``obsm["spatial"]``. Not modified.
     study
-        A key of :data:`ABLATIONS`: ``"mask-strategy"``, ``"mask-phase"``, ``"encoder"``, ``"mask-ratio"`` or
+        A key of :data:`~stmcdi.benchmark.ABLATIONS`: ``"mask-strategy"``, ``"mask-phase"``, ``"encoder"``, ``"mask-ratio"`` or
         ``"objective"``.
     variants
         Subset of the study's variants (default: all).

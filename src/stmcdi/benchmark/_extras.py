@@ -193,7 +193,7 @@ def stagate(
     return out
 
 
-#: Other tools, wrapped with the benchmark method signature: ``name -> (method, importable module)``.
+#: Other tools wrapped with the benchmark method signature, as ``name -> (method, importable module)``.
 EXTRAS: dict[str, tuple[Callable[..., np.ndarray], str]] = {
     "magic": (magic, "magic"),
     "scvi": (scvi_impute, "scvi"),
@@ -206,7 +206,7 @@ def available_extras() -> dict[str, Callable[..., np.ndarray]]:
 
     Returns
     -------
-    Dict name -> method (see :data:`EXTRAS`), in the order magic, scvi, stagate, for those importable here.
+    Dict name -> method (see :data:`~stmcdi.benchmark.EXTRAS`), in the order magic, scvi, stagate, for those importable here.
 
     Examples
     --------
