@@ -159,6 +159,25 @@ def _load_panel(args):
     return _select(ad.read_h5ad(args.data), args)
 
 
+def _csv_writer(path: str | None):
+    """Append each result row to ``path`` as it arrives (header first), so an interrupted run keeps its rows."""
+    if not path:
+        return None
+    import csv
+
+    Path(path).unlink(missing_ok=True)
+
+    def write(row: dict) -> None:
+        new = not Path(path).exists()
+        with open(path, "a", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(row))
+            if new:
+                w.writeheader()
+            w.writerow(row)
+
+    return write
+
+
 def _report(args, df, ceiling: float, reference: str | None) -> None:
     """Print the summary (and the paired comparison against ``reference``); write CSV / markdown files."""
     import stmcdi
@@ -178,7 +197,7 @@ def _report(args, df, ceiling: float, reference: str | None) -> None:
         Path(args.markdown).write_text("\n".join(text) + "\n")
         print(f"\nMarkdown tables: {args.markdown}")
     if args.csv:
-        df.to_csv(args.csv, index=False)
+        df.to_csv(args.csv, index=False)  # the same rows as written while running, in one consistent file
         print(f"\nPer-seed results: {args.csv}")
 
 
@@ -208,7 +227,8 @@ def cmd_benchmark(args) -> int:
           f"protocols {[f'{p}:{r:g}' for p, r in pairs]}, seeds {args.seeds}; methods {list(methods)}")
     counts = adata.layers[args.layer] if args.layer else adata.X
     ceiling = stmcdi.benchmark.split_half_ceiling(counts, seed=0)
-    df = stmcdi.benchmark.evaluate(adata, methods, protocols=pairs, seeds=args.seeds, layer=args.layer)
+    df = stmcdi.benchmark.evaluate(adata, methods, protocols=pairs, seeds=args.seeds, layer=args.layer,
+                                   on_result=_csv_writer(args.csv))
     _report(args, df, ceiling, args.compare_to)
     return 0
 
@@ -239,7 +259,7 @@ def cmd_ablation(args) -> int:
     ceiling = stmcdi.benchmark.split_half_ceiling(counts, seed=0)
     df = stmcdi.benchmark.ablation(adata, args.study, variants=variants, protocols=pairs, seeds=args.seeds,
                                    layer=args.layer, model_kwargs=model_kw, train_kwargs=train_kw,
-                                   impute_kwargs=impute_kw)
+                                   impute_kwargs=impute_kw, on_result=_csv_writer(args.csv))
     _report(args, df, ceiling, f"{args.study}={variants[0]}")
     return 0
 
@@ -252,7 +272,8 @@ def _add_protocol_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ratio", type=float, default=0.1,
                    help="fraction held out for protocols given without a ratio (default 0.1)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of the hold-out splits (default 0)")
-    p.add_argument("--csv", default=None, help="write per-seed results here")
+    p.add_argument("--csv", default=None,
+                   help="write per-seed results here (row by row as they finish, so an interrupted run keeps them)")
     p.add_argument("--markdown", default=None, help="write the markdown tables here")
 
 

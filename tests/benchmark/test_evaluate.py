@@ -182,3 +182,12 @@ def test_compare_is_paired_and_knows_which_way_is_better():
     assert 0 < out.loc["per_gene_pcc", "p_value"] < 0.1
     with pytest.raises(ValueError, match="Reference method"):
         compare(df, "c")
+
+
+def test_evaluate_hands_each_row_to_on_result_as_it_is_scored():
+    rng = np.random.default_rng(0)
+    adata = AnnData(rng.poisson(3.0, size=(40, 12)).astype(np.float32))
+    seen = []
+    df = evaluate(adata, {"g": BASELINES["gene_mean"], "s": BASELINES["spot_mean"]}, seeds=(0, 1), min_entries=3,
+                  on_result=seen.append)
+    assert pd.DataFrame(seen).equals(df)

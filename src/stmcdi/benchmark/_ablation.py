@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import pandas as pd
 from anndata import AnnData
@@ -59,6 +59,7 @@ def ablation(
     train_kwargs: dict | None = None,
     impute_kwargs: dict | None = None,
     min_entries: int = 10,
+    on_result: Callable[[dict], None] | None = None,
 ) -> pd.DataFrame:
     """Run one ablation study of :data:`~stmcdi.benchmark.ABLATIONS`: STMCDI once per variant on the same hold-out splits.
 
@@ -71,7 +72,7 @@ def ablation(
         ``"objective"``.
     variants
         Subset of the study's variants (default: all).
-    protocols, ratio, seeds, layer, min_entries
+    protocols, ratio, seeds, layer, min_entries, on_result
         As in :func:`~stmcdi.benchmark.evaluate`.
     model_kwargs
         :class:`~stmcdi.STMCDI` arguments shared by every variant (a variant's own arguments win).
@@ -104,4 +105,4 @@ def ablation(
         for v in names
     }
     return evaluate(adata, methods, protocols=protocols, ratio=ratio, seeds=seeds, layer=layer,
-                    min_entries=min_entries)
+                    min_entries=min_entries, on_result=on_result)

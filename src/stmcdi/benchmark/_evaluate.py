@@ -94,6 +94,7 @@ def evaluate(
     layer: str | None = None,
     min_entries: int = 10,
     levels: Sequence[float] = (0.5, 0.9),
+    on_result: Callable[[dict], None] | None = None,
 ) -> pd.DataFrame:
     """Benchmark imputation methods on seeded hold-out splits.
 
@@ -124,6 +125,9 @@ def evaluate(
         Minimum scored entries of a gene (spot) for the per-gene (per-spot) PCC.
     levels
         Nominal levels of the central intervals whose coverage is reported for sampling methods.
+    on_result
+        Called with each result row (a dict) as soon as it is scored, e.g. to save partial results of a long
+        run.
 
     Returns
     -------
@@ -175,9 +179,10 @@ def evaluate(
                     for lv in levels:
                         prob[f"coverage_{round(lv * 100)}"] = interval_coverage(held.truth, draws, level=lv)
                 logger.info("  %s: per-gene PCC %.4f, RMSE %.4f (%.2f s)", name, s["per_gene_pcc"], s["rmse"], seconds)
-                rows.append(
-                    {"protocol": protocol, "ratio": r, "seed": int(seed), "method": name, **s, **prob, "seconds": seconds}
-                )
+                row = {"protocol": protocol, "ratio": r, "seed": int(seed), "method": name, **s, **prob, "seconds": seconds}
+                rows.append(row)
+                if on_result is not None:
+                    on_result(row)
     return pd.DataFrame(rows)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
 class Attention(nn.Module):
@@ -49,9 +48,11 @@ class Attention(nn.Module):
         qh = self.q(q).view(b, lq, h, c // h).transpose(1, 2)
         k, v = self.kv(kv).view(b, kv.shape[1], 2, h, c // h).permute(2, 0, 3, 1, 4)
         if qh.device.type == "cpu":
-            # CPU flash kernel is ~2x slower than the math kernel for these small heads (measured, torch 2.13)
-            with sdpa_kernel(SDPBackend.MATH):
-                o = F.scaled_dot_product_attention(qh, k, v)
+            # On a CPU, for these short sequences and small heads, plain matmul-softmax-matmul beats both SDPA
+            # kernels: the flash kernel ~2x slower, the math kernel spends a third of its time on masking checks
+            # and copies (benchmarks/attention_cost.py).
+            scores = torch.matmul(qh, k.transpose(-1, -2)) * (qh.shape[-1] ** -0.5)
+            o = torch.matmul(scores.softmax(dim=-1), v)
         else:
             o = F.scaled_dot_product_attention(qh, k, v)
         return self.out(o.transpose(1, 2).reshape(b, lq, c))
