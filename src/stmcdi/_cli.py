@@ -201,14 +201,23 @@ def _report(args, df, ceiling: float, reference: str | None) -> None:
         print(f"\nPer-seed results: {args.csv}")
 
 
+def _protocol_pairs(args) -> list[tuple[str, float]] | None:
+    """``--protocol`` / ``--ratio`` as ``(protocol, ratio)`` pairs; ``None`` (message on stderr) if invalid."""
+    import stmcdi
+
+    try:
+        return stmcdi.benchmark.parse_protocols(args.protocol, args.ratio)
+    except ValueError as err:
+        print(err, file=sys.stderr)
+        return None
+
+
 def cmd_benchmark(args) -> int:
     """Benchmark STMCDI, the baselines and the installed extra tools on any .h5ad with counts and coordinates."""
     import stmcdi
 
-    try:
-        pairs = stmcdi.benchmark.parse_protocols(args.protocol, args.ratio)
-    except ValueError as err:
-        print(err, file=sys.stderr)
+    pairs = _protocol_pairs(args)
+    if pairs is None:
         return 2
     adata = _load_panel(args)
     methods = dict(stmcdi.benchmark.BASELINES)
@@ -225,8 +234,7 @@ def cmd_benchmark(args) -> int:
         methods = {k: methods[k] for k in args.methods}
     print(f"{args.data}: {adata.n_obs} spots x {adata.n_vars} genes ({args.panel} panel); "
           f"protocols {[f'{p}:{r:g}' for p, r in pairs]}, seeds {args.seeds}; methods {list(methods)}")
-    counts = adata.layers[args.layer] if args.layer else adata.X
-    ceiling = stmcdi.benchmark.split_half_ceiling(counts, seed=0)
+    ceiling = stmcdi.benchmark.split_half_ceiling(adata.layers[args.layer] if args.layer else adata.X, seed=0)
     df = stmcdi.benchmark.evaluate(adata, methods, protocols=pairs, seeds=args.seeds, layer=args.layer,
                                    on_result=_csv_writer(args.csv))
     _report(args, df, ceiling, args.compare_to)
@@ -237,10 +245,8 @@ def cmd_ablation(args) -> int:
     """Run one of the paper's ablations (or the masked-autoencoder control) on an .h5ad."""
     import stmcdi
 
-    try:
-        pairs = stmcdi.benchmark.parse_protocols(args.protocol, args.ratio)
-    except ValueError as err:
-        print(err, file=sys.stderr)
+    pairs = _protocol_pairs(args)
+    if pairs is None:
         return 2
     table = stmcdi.benchmark.ABLATIONS[args.study]
     variants = args.variants or list(table)
@@ -255,8 +261,7 @@ def cmd_ablation(args) -> int:
         model_kw["encoder"] = args.encoder
     print(f"{args.data}: {adata.n_obs} spots x {adata.n_vars} genes ({args.panel} panel); study {args.study}, "
           f"variants {variants}; protocols {[f'{p}:{r:g}' for p, r in pairs]}, seeds {args.seeds}")
-    counts = adata.layers[args.layer] if args.layer else adata.X
-    ceiling = stmcdi.benchmark.split_half_ceiling(counts, seed=0)
+    ceiling = stmcdi.benchmark.split_half_ceiling(adata.layers[args.layer] if args.layer else adata.X, seed=0)
     df = stmcdi.benchmark.ablation(adata, args.study, variants=variants, protocols=pairs, seeds=args.seeds,
                                    layer=args.layer, model_kwargs=model_kw, train_kwargs=train_kw,
                                    impute_kwargs=impute_kw, on_result=_csv_writer(args.csv))
