@@ -33,11 +33,11 @@ def _install_hint(package: str, module: str) -> ImportError:
 
 def _start(adata: AnnData, layer: str | None, target: str) -> tuple[np.ndarray, np.ndarray]:
     """Log-normalised input with every entry filled (missing -> gene mean) and the mask of entries to fill."""
-    x = _lognorm(adata, layer, target)
-    fill = np.isnan(x)
-    start = _lognorm(adata, layer, "missing")  # zeros kept as zeros in the input
-    start = _fill(start, np.broadcast_to(_column_means(start), start.shape))
-    return start, fill
+    if target not in ("missing", "zeros"):
+        raise ValueError(f"target must be 'missing' or 'zeros', got {target!r}.")
+    x = _lognorm(adata, layer, "missing")  # zeros kept as zeros in the input
+    fill = np.isnan(x) | (x == 0) if target == "zeros" else np.isnan(x)
+    return _fill(x, np.broadcast_to(_column_means(x), x.shape)), fill
 
 
 def magic(adata: AnnData, *, layer: str | None = None, seed: int = 0, target: str = "missing", **kwargs) -> np.ndarray:
