@@ -88,8 +88,8 @@ def test_ablation_runs_each_variant_on_the_same_splits(tmp_path, capsys):
     src = tmp_path / "in.h5ad"
     adata.write_h5ad(src)
     csv = tmp_path / "abl.csv"
-    assert main(["ablation", "--study", "objective", "--data", str(src), "--n-genes", "0", "--csv", str(csv),
-                 *TINY]) == 0
+    assert main(["ablation", "--study", "objective", "--variants", "diffusion", "mae", "--data", str(src),
+                 "--n-genes", "0", "--csv", str(csv), *TINY]) == 0
     out = capsys.readouterr().out
     assert "objective=diffusion minus each method" in out
     import pandas as pd

@@ -14,7 +14,7 @@ from .nn import GeneDenoiser, SpatialEncoder, ddim_timesteps, quadratic_beta_sch
 
 MaskStrategy = Literal["entries", "spots", "genes"]
 EncoderChoice = Literal["gcn", "gat", "gin", "mlp", "none"]
-Objective = Literal["diffusion", "mae"]
+Objective = Literal["diffusion", "mae", "hybrid"]
 
 
 class STMCDIModule(BaseModuleClass):
@@ -80,7 +80,12 @@ class STMCDIModule(BaseModuleClass):
         read-out and denoiser trained to predict the targets in one pass. The denoiser gets no noise (its
         noisy input is 0, its step 0) and regresses the target values (their residual from the read-out when
         ``residual``) with the same masked squared error; sampling is one deterministic pass, so every sample
-        is the same and the spread is 0.
+        is the same and the spread is 0. ``"hybrid"`` trains the one network for both: a ``point_fraction``
+        of each batch's spots gets the one-pass task (input 0, its own step index ``n_diffusion_steps``), the
+        rest the diffusion task. :meth:`predict` then gives the one-pass point estimate and :meth:`sample`
+        the diffusion samples (their spread).
+    point_fraction
+        With ``objective="hybrid"``, the fraction of a batch's spots trained on the one-pass task.
     dropout
         Dropout between encoder layers. On the 262-spot mouse olfactory bulb the read-out over-fitted after
         ~300 steps without it; with 0.3 it held its accuracy over 2000 steps (docs/benchmarks.md).
@@ -138,12 +143,18 @@ class STMCDIModule(BaseModuleClass):
         representation_mask_ratio: float = 0.0,
         readout_loss_weight: float = 1.0,
         residual: bool = True,
-        objective: Objective = "diffusion",
+        objective: Objective = "hybrid",
+        point_fraction: float = 0.25,
         dropout: float = 0.3,
     ):
         super().__init__()
-        if objective not in ("diffusion", "mae"):
-            raise ValueError(f"objective must be 'diffusion' or 'mae' (the masked-autoencoder control), got {objective!r}.")
+        if objective not in ("diffusion", "mae", "hybrid"):
+            raise ValueError(
+                "objective must be 'diffusion', 'mae' (the masked-autoencoder control) or 'hybrid' (both), "
+                f"got {objective!r}."
+            )
+        if not 0.0 < point_fraction < 1.0:
+            raise ValueError(f"point_fraction must be in (0, 1), got {point_fraction!r}.")
         if mask_strategy not in ("entries", "spots", "genes"):
             raise ValueError(f"mask_strategy must be 'entries', 'spots' or 'genes', got {mask_strategy!r}.")
         lo, hi = (mask_ratio, mask_ratio) if np.isscalar(mask_ratio) else tuple(mask_ratio)
@@ -162,6 +173,9 @@ class STMCDIModule(BaseModuleClass):
         self.residual = bool(residual) and encoder != "none"
         self.n_diffusion_steps = n_diffusion_steps
         self.objective = objective
+        self.point_fraction = float(point_fraction)
+        # step index of the one-pass task: 0 for the control (kept for saved models), its own index for "hybrid"
+        self.point_step = n_diffusion_steps if objective == "hybrid" else 0
 
         # Float buffers only: EMA with integer buffers corrupts them (notes §3); these never change in training.
         self.register_buffer("gene_mean", torch.as_tensor(np.asarray(gene_mean), dtype=torch.float32))
@@ -490,7 +504,8 @@ class STMCDIModule(BaseModuleClass):
         -------
         Dict with ``"eps"``, the ``(B, G)`` predicted noise, ``"noise"``, the ``(B, G)`` drawn noise, and
         ``"t"``, the int64 ``(B,)`` steps. With ``objective="mae"``, ``"eps"`` is the one-pass prediction of
-        the targets (residual from ``base``), ``"noise"`` their true value and ``t`` is 0.
+        the targets (residual from ``base``), ``"noise"`` their true value and ``t`` is 0; with ``"hybrid"``
+        that holds for the spots whose ``t`` is ``n_diffusion_steps``.
 
         Examples
         --------
@@ -513,6 +528,12 @@ class STMCDIModule(BaseModuleClass):
         noise = torch.randn(x.shape, device=x.device, generator=generator)
         ab = self.alpha_bar[t][:, None]
         x_t = ab.sqrt() * (x - base) + (1.0 - ab).sqrt() * noise
+        if self.objective == "hybrid":
+            # a part of the spots gets the one-pass task: no noise in, its own step, the residual to predict
+            point = torch.rand(b, device=x.device, generator=generator) < self.point_fraction
+            t = torch.where(point, torch.full_like(t, self.point_step), t)
+            x_t = torch.where(point[:, None], torch.zeros_like(x_t), x_t)
+            noise = torch.where(point[:, None], x - base, noise)
         eps = self.denoise(x_t, t, x, tf, cond, z, x_hat, context)
         return {"eps": eps, "noise": noise, "t": t}
 
@@ -681,6 +702,59 @@ class STMCDIModule(BaseModuleClass):
         filled = torch.where(target.bool(), base + xt, x)
         values = self.unscale(filled).clamp_min(0.0)  # log-normalised values are >= 0
         return values.view(-1, s, self.n_genes).transpose(0, 1)
+
+    @torch.inference_mode()
+    @auto_move_data
+    def predict(self, counts: torch.Tensor, library: torch.Tensor, edge_index: torch.Tensor, n_seed: int) -> torch.Tensor:
+        """One-pass point estimate of the missing entries of the first ``n_seed`` spots.
+
+        Runs the denoiser once on the one-pass task it learned with ``objective="hybrid"`` or ``"mae"``: no
+        noise in, the condition and the spatial code, and the estimate clipped to the data range like a
+        sampler's. Call ``module.eval()`` first.
+
+        Parameters
+        ----------
+        counts
+            ``(U, G)`` float32 counts of the neighbourhood's nodes, the spots to fill first; NaN marks the
+            entries to fill.
+        library
+            ``(U,)`` library sizes from the observed entries.
+        edge_index
+            int64 ``(2, E)`` local edges, source -> target.
+        n_seed
+            Number of spots to fill: nodes ``0 .. n_seed-1``.
+
+        Returns
+        -------
+        ``(n_seed, G)`` tensor on the log-normalised scale (clamped at 0); observed entries hold their value.
+
+        Raises
+        ------
+        ValueError
+            With ``objective="diffusion"``: that model never learned the one-pass task.
+
+        Examples
+        --------
+        >>> import numpy as np, torch
+        >>> module = STMCDIModule(6, np.zeros(6), np.ones(6), 100.0, n_encoder_hidden=8, n_latent=4, n_channels=8,
+        ...                       objective="hybrid")
+        >>> counts = torch.tensor([[3.0, float("nan"), 0.0, 5.0, 1.0, 2.0], [0.0, 4.0, 2.0, 1.0, 3.0, 0.0]])
+        >>> module.eval().predict(counts, torch.nan_to_num(counts).sum(1), torch.tensor([[1], [0]]), n_seed=1).shape
+        torch.Size([1, 6])
+        """
+        if self.objective == "diffusion":
+            raise ValueError(
+                "This model was trained with objective='diffusion' only; it has no one-pass predictor. "
+                "Use sample() (or train with objective='hybrid')."
+            )
+        inf = self.inference(counts, library, edge_index, n_seed, target=torch.isnan(counts[:n_seed]))
+        x, target, base = inf["x"], inf["target"], inf["base"]
+        tt = torch.full((x.shape[0],), self.point_step, device=x.device, dtype=torch.long)
+        r = self.denoise(torch.zeros_like(x), tt, x, target.to(x.dtype), inf["cond"], inf["z"], inf["x_hat"],
+                         inf["context"])
+        r = torch.maximum(torch.minimum(base + r, self.x0_high), self.x0_low) - base
+        filled = torch.where(target, base + r, x)
+        return self.unscale(filled).clamp_min(0.0)
 
     @torch.inference_mode()
     @auto_move_data

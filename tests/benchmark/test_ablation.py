@@ -54,3 +54,57 @@ def test_mae_objective_predicts_in_one_deterministic_pass():
     assert torch.equal(samples[0], samples[3])  # no noise: every sample is the same
     with pytest.raises(ValueError, match="objective"):
         stmcdi.STMCDIModule(6, np.zeros(6), np.ones(6), 100.0, objective="vae")
+
+
+def test_hybrid_objective_trains_both_tasks_and_predicts_in_one_pass():
+    module = stmcdi.STMCDIModule(6, np.zeros(6), np.ones(6), 100.0, n_encoder_hidden=8, n_latent=4, n_channels=8,
+                                 n_diffusion_steps=20, objective="hybrid", point_fraction=0.5)
+    assert module.point_step == 20  # its own step index, outside the diffusion steps 0..19
+    counts = torch.rand(40, 6) * 5
+    edge_index = torch.stack([torch.arange(1, 40), torch.zeros(39, dtype=torch.long)])
+    batch = {"counts": counts, "library": counts.sum(1), "edge_index": edge_index, "row": torch.arange(40)}
+    torch.manual_seed(0)
+    inf, gen, loss = module(batch)
+    point = gen["t"] == 20
+    assert 5 < int(point.sum()) < 35  # about half the spots get the one-pass task
+    assert (gen["t"][~point] < 20).all()
+    # one-pass spots regress their value (residual from the read-out); the others predict noise
+    torch.testing.assert_close(gen["noise"][point], (inf["x"] - inf["base"])[point])
+    assert not torch.allclose(gen["noise"][~point], (inf["x"] - inf["base"])[~point])
+    assert loss.loss.requires_grad
+    counts = torch.tensor([[3.0, float("nan"), 0.0, 5.0, 1.0, 2.0], [0.0, 4.0, 2.0, 1.0, 3.0, 0.0]])
+    lib, ei = counts.nan_to_num().sum(1), torch.tensor([[1], [0]])
+    module.eval()
+    p1, p2 = module.predict(counts, lib, ei, n_seed=1), module.predict(counts, lib, ei, n_seed=1)
+    assert torch.equal(p1, p2) and p1.shape == (1, 6)  # deterministic
+    draws = module.sample(counts, lib, ei, n_seed=1, n_samples=4, generator=torch.Generator().manual_seed(0))
+    assert not torch.equal(draws[0], draws[3])  # the samples still spread
+    assert torch.equal(draws[0, 0, [0, 2, 3, 4, 5]], p1[0, [0, 2, 3, 4, 5]])  # observed entries agree
+    with pytest.raises(ValueError, match="point_fraction"):
+        stmcdi.STMCDIModule(6, np.zeros(6), np.ones(6), 100.0, objective="hybrid", point_fraction=1.0)
+
+
+def test_predict_needs_a_one_pass_task():
+    module = stmcdi.STMCDIModule(6, np.zeros(6), np.ones(6), 100.0, n_encoder_hidden=8, n_latent=4, n_channels=8,
+                                 objective="diffusion")
+    counts = torch.tensor([[3.0, float("nan"), 0.0, 5.0, 1.0, 2.0], [0.0, 4.0, 2.0, 1.0, 3.0, 0.0]])
+    with pytest.raises(ValueError, match="no one-pass predictor"):
+        module.eval().predict(counts, counts.nan_to_num().sum(1), torch.tensor([[1], [0]]), n_seed=1)
+
+
+def test_hybrid_model_writes_the_one_pass_estimate_and_the_samples_spread():
+    import scvi
+
+    held = stmcdi.benchmark.hold_out(stmcdi.datasets.synthetic(n_spots=80, n_genes=16, seed=1), "entries", 0.1)
+    a = held.adata
+    scvi.settings.seed = 0
+    stmcdi.STMCDI.setup_anndata(a)
+    model = stmcdi.STMCDI(a, n_channels=8, genes_per_token=4, n_diffusion_steps=20, objective="hybrid")
+    model.train(max_epochs=2, batch_size=32, enable_progress_bar=False)
+    out = model.impute(n_samples=4, n_steps=3, inplace=False, return_samples=True)
+    miss = np.isnan(stmcdi.pp.normalize(a, copy=True))
+    assert not np.allclose(out["mean"][miss], out["samples"].mean(0)[miss])  # not the samples' mean
+    np.testing.assert_allclose(out["std"][miss], out["samples"].std(0)[miss], rtol=1e-4, atol=1e-5)
+    # the mean is the module's one-pass prediction, spot by spot
+    model.impute(n_samples=2, n_steps=2, seed=9)
+    np.testing.assert_allclose(a.layers["imputed"][miss], out["mean"][miss], rtol=1e-5, atol=1e-6)
