@@ -41,6 +41,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="ddim (default, --n-steps steps) or ddpm (the paper's sampler, every step)")
     g.add_argument("--encoder", choices=("gcn", "gat", "gin", "mlp", "none"), default="gcn",
                    help="spatial encoder (default gcn; none removes the spatial input)")
+    g.add_argument("--objective", choices=("hybrid", "diffusion", "mae"), default=None,
+                   help="training objective (default: the model's, hybrid: one-pass estimate + diffusion spread)")
+    g.add_argument("--spread-scale", type=float, default=None,
+                   help="factor on the samples' deviations from their mean (default: impute's)")
     g.add_argument("--seed", type=int, default=0, help="seed of training and sampling (default 0)")
     g.add_argument("--progress", action="store_true", help="show the per-epoch progress bar")
 
@@ -55,7 +59,12 @@ def _model_kwargs(args) -> tuple[dict, dict, dict]:
         "enable_progress_bar": args.progress,
     }
     impute = {"n_samples": args.n_samples, "n_steps": args.n_steps, "sampler": args.sampler}
-    return {"encoder": args.encoder}, train, impute
+    if args.spread_scale is not None:
+        impute["spread_scale"] = args.spread_scale
+    model = {"encoder": args.encoder}
+    if args.objective is not None:
+        model["objective"] = args.objective
+    return model, train, impute
 
 
 def _add_panel_args(p: argparse.ArgumentParser, default_genes: int | None) -> None:
