@@ -24,6 +24,9 @@ import pandas as pd
 
 import stmcdi
 
+#: factors on the samples' deviations from their mean, scored for calibration (1.0: the samples as drawn)
+SPREAD_SCALES = (1.0, 1.25, 1.5, 1.75, 2.0)
+
 #: name -> (STMCDI arguments, train arguments); "default" is the package's defaults.
 CONFIGS: dict[str, tuple[dict, dict]] = {
     "default": ({}, {}),
@@ -35,6 +38,9 @@ CONFIGS: dict[str, tuple[dict, dict]] = {
     "channels96": ({"n_channels": 96}, {}),
     "layers3": ({"n_layers": 3}, {}),
     "latent64": ({"n_latent": 64}, {}),
+    "mae": ({"objective": "mae"}, {}),
+    "hybrid": ({"objective": "hybrid"}, {}),
+    "hybrid0.25": ({"objective": "hybrid", "point_fraction": 0.25}, {}),
 }
 
 
@@ -57,6 +63,7 @@ def main() -> None:
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     p.add_argument("--panel", default="seurat_v3", choices=("seurat_v3", "cv"))
     p.add_argument("--csv", default=None)
+    p.add_argument("--max-epochs", type=int, default=None, help="override the training length (smoke runs)")
     args = p.parse_args()
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
@@ -70,24 +77,46 @@ def main() -> None:
         assert not (val.mask.multiply(test.mask)).nnz  # validation entries are observed in the test split
         for name in args.configs:
             model_kw, train_kw = CONFIGS[name]
+            if args.max_epochs is not None:
+                train_kw = {"max_epochs": args.max_epochs}
             method = stmcdi.benchmark.stmcdi_method(model_kw, _train_kwargs(train_kw), samples=True)
             t0 = time.perf_counter()
             out = method(val.adata, seed=seed)
             seconds = time.perf_counter() - t0
-            s = stmcdi.benchmark.score(val, out["mean"])
             r, c = val.mask.nonzero()
-            draws = out["samples"][:, r, c]
-            row = {"seed": seed, "config": name, **{k: s[k] for k in ("per_gene_pcc", "pcc", "rmse", "mae")},
-                   "crps": stmcdi.benchmark.crps_ensemble(val.truth, draws),
-                   "coverage_90": stmcdi.benchmark.interval_coverage(val.truth, draws, 0.9), "seconds": seconds}
-            rows.append(row)
-            print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+            draws = out["samples"][:, r, c].astype(np.float64)
+            sample_mean = out["samples"].mean(0)
+            # point estimates: the model's own, and where it is not the samples' mean, that mean and the average
+            estimates = {name: out["mean"]}
+            if not np.allclose(sample_mean[r, c], out["mean"][r, c]):
+                estimates[f"{name}:sample-mean"] = sample_mean
+                estimates[f"{name}:blend"] = 0.5 * (sample_mean + out["mean"])
+            for label, est in estimates.items():
+                s = stmcdi.benchmark.score(val, est)
+                row = {"seed": seed, "config": label, **{k: s[k] for k in ("per_gene_pcc", "pcc", "rmse", "mae")},
+                       "crps": stmcdi.benchmark.crps_ensemble(val.truth, draws),
+                       "coverage_90": stmcdi.benchmark.interval_coverage(val.truth, draws, 0.9)}
+                # the samples' spread, scaled by k, around their own mean and around this estimate ("moved")
+                for k in SPREAD_SCALES:
+                    for where, centre in (("", draws.mean(0)), ("moved_", est[r, c])):
+                        d = np.clip(centre + k * (draws - draws.mean(0)), 0.0, None)
+                        row[f"crps_{where}x{k}"] = stmcdi.benchmark.crps_ensemble(val.truth, d)
+                        row[f"coverage_90_{where}x{k}"] = stmcdi.benchmark.interval_coverage(val.truth, d, 0.9)
+                row["seconds"] = seconds
+                rows.append(row)
+                print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
+                      flush=True)
+                if args.csv:
+                    pd.DataFrame(rows).to_csv(args.csv, index=False)
     df = pd.DataFrame(rows)
     if args.csv:
         df.to_csv(args.csv, index=False)
+    spread_cols = [c for c in df.columns if c.startswith(("crps_", "coverage_90_"))]
     summary = stmcdi.benchmark.summarize(df.rename(columns={"config": "method"}).assign(protocol="validation"),
                                          metrics=("per_gene_pcc", "rmse", "crps", "coverage_90", "seconds"))
     print(stmcdi.benchmark.to_markdown(summary))
+    print("\nSpread scaled by k (mean over seeds):")
+    print(df.groupby("config", sort=False)[spread_cols].mean().T.round(4).to_string())
 
 
 if __name__ == "__main__":
