@@ -670,8 +670,7 @@ class STMCDIModule(BaseModuleClass):
         if sampler not in ("ddim", "ddpm"):
             raise ValueError(f"sampler must be 'ddim' or 'ddpm', got {sampler!r}.")
         if self.objective == "mae":  # one deterministic pass: every sample is the same
-            tt = torch.zeros(n, device=x.device, dtype=torch.long)
-            xt = clip(self.denoise(torch.zeros_like(x), tt, x, target, cond, z, x_hat, context))
+            xt = self._one_pass(x, target, cond, z, x_hat, context, base)
         elif sampler == "ddpm":
             for t in range(self.n_diffusion_steps - 1, -1, -1):
                 tt = torch.full((n,), t, device=x.device, dtype=torch.long)
@@ -749,12 +748,15 @@ class STMCDIModule(BaseModuleClass):
             )
         inf = self.inference(counts, library, edge_index, n_seed, target=torch.isnan(counts[:n_seed]))
         x, target, base = inf["x"], inf["target"], inf["base"]
-        tt = torch.full((x.shape[0],), self.point_step, device=x.device, dtype=torch.long)
-        r = self.denoise(torch.zeros_like(x), tt, x, target.to(x.dtype), inf["cond"], inf["z"], inf["x_hat"],
-                         inf["context"])
-        r = torch.maximum(torch.minimum(base + r, self.x0_high), self.x0_low) - base
+        r = self._one_pass(x, target.to(x.dtype), inf["cond"], inf["z"], inf["x_hat"], inf["context"], base)
         filled = torch.where(target, base + r, x)
         return self.unscale(filled).clamp_min(0.0)
+
+    def _one_pass(self, x, target, cond, z, x_hat, context, base) -> torch.Tensor:
+        """The one-pass task's residual (no noise in, step ``point_step``), clipped to the data range."""
+        tt = torch.full((x.shape[0],), self.point_step, device=x.device, dtype=torch.long)
+        r = self.denoise(torch.zeros_like(x), tt, x, target, cond, z, x_hat, context)
+        return torch.maximum(torch.minimum(base + r, self.x0_high), self.x0_low) - base
 
     @torch.inference_mode()
     @auto_move_data
