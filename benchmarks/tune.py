@@ -1,9 +1,9 @@
 """Choose STMCDI's defaults by validation on observed entries, never on the held-out test entries.
 
 For each seed, the test split (``--protocol``, ``--ratio``) is hidden first; from what stays observed a second,
-validation split (``entries`` 10% of the observed entries, seed ``1000 + seed``) is hidden too. Every
-configuration trains on the data with both splits hidden and is scored on the validation entries only; the
-test entries are never imputed or read. The chosen configuration is then the one to run on the test split
+validation split (``--val-protocol``, default ``entries``, 10% of the observed entries, seed ``1000 + seed``) is
+hidden too. Every configuration trains on the data with both splits hidden and is scored on the validation
+entries only; the test entries are never imputed or read. The chosen configuration is then the one to run on the test split
 with ``stmcdi benchmark``.
 
     python benchmarks/tune.py --data ../shared/data/stahl2016_mob_rep11.h5ad --configs default steps1000 mask0.6
@@ -41,6 +41,7 @@ CONFIGS: dict[str, tuple[dict, dict]] = {
     "mae": ({"objective": "mae"}, {}),
     "hybrid": ({"objective": "hybrid"}, {}),
     "hybrid0.25": ({"objective": "hybrid", "point_fraction": 0.25}, {}),
+    "mask_nonzero": ({"mask_strategy": "nonzero"}, {}),
 }
 
 
@@ -59,6 +60,8 @@ def main() -> None:
     p.add_argument("--data", required=True)
     p.add_argument("--protocol", default="entries")
     p.add_argument("--ratio", type=float, default=0.1)
+    p.add_argument("--val-protocol", default="entries",
+                   help="protocol of the validation split among observed entries (default entries)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     p.add_argument("--panel", default="seurat_v3", choices=("seurat_v3", "cv"))
@@ -73,7 +76,7 @@ def main() -> None:
     rows = []
     for seed in args.seeds:
         test = stmcdi.benchmark.hold_out(adata, args.protocol, args.ratio, seed=seed)
-        val = stmcdi.benchmark.hold_out(test.adata, "entries", 0.1, seed=1000 + seed)
+        val = stmcdi.benchmark.hold_out(test.adata, args.val_protocol, 0.1, seed=1000 + seed)
         assert not (val.mask.multiply(test.mask)).nnz  # validation entries are observed in the test split
         for name in args.configs:
             model_kw, train_kw = CONFIGS[name]

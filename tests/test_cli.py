@@ -18,6 +18,19 @@ def test_parser_defaults():
         build_parser().parse_args(["ablation", "--data", "x.h5ad", "--study", "everything"])
 
 
+def test_model_options_reach_the_model_and_impute():
+    from stmcdi._cli import _model_kwargs
+
+    model, _, impute = _model_kwargs(build_parser().parse_args(["impute", "x.h5ad", "-o", "y.h5ad"]))
+    assert "mask_strategy" not in model and "objective" not in model and "spread_scale" not in impute
+    args = build_parser().parse_args(["benchmark", "--data", "x.h5ad", "--mask-strategy", "nonzero",
+                                      "--objective", "mae", "--spread-scale", "1.5"])
+    model, _, impute = _model_kwargs(args)
+    assert model["mask_strategy"] == "nonzero" and model["objective"] == "mae" and impute["spread_scale"] == 1.5
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["impute", "x.h5ad", "-o", "y.h5ad", "--mask-strategy", "rows"])
+
+
 @pytest.mark.parametrize("protocol", ["everything", "entries:lots"])
 def test_bad_protocol_is_a_clear_error(protocol, capsys):
     assert main(["benchmark", "--data", "x.h5ad", "--protocol", protocol]) == 2

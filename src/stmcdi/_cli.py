@@ -43,6 +43,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="spatial encoder (default gcn; none removes the spatial input)")
     g.add_argument("--objective", choices=("hybrid", "diffusion", "mae"), default=None,
                    help="training objective (default: the model's, hybrid: one-pass estimate + diffusion spread)")
+    g.add_argument("--mask-strategy", choices=("entries", "nonzero", "spots", "genes"), default=None,
+                   help="training targets (default entries; nonzero trains for the dropout question: "
+                        "what a zero would read had it been detected)")
     g.add_argument("--spread-scale", type=float, default=None,
                    help="factor on the samples' deviations from their mean (default: impute's)")
     g.add_argument("--seed", type=int, default=0, help="seed of training and sampling (default 0)")
@@ -64,6 +67,8 @@ def _model_kwargs(args) -> tuple[dict, dict, dict]:
     model = {"encoder": args.encoder}
     if args.objective is not None:
         model["objective"] = args.objective
+    if args.mask_strategy is not None:
+        model["mask_strategy"] = args.mask_strategy
     return model, train, impute
 
 

@@ -12,7 +12,7 @@ from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from ._constants import BATCH_KEYS
 from .nn import GeneDenoiser, SpatialEncoder, ddim_timesteps, quadratic_beta_schedule
 
-MaskStrategy = Literal["entries", "spots", "genes"]
+MaskStrategy = Literal["entries", "nonzero", "spots", "genes"]
 EncoderChoice = Literal["gcn", "gat", "gin", "mlp", "none"]
 Objective = Literal["diffusion", "mae", "hybrid"]
 
@@ -60,8 +60,10 @@ class STMCDIModule(BaseModuleClass):
         Fraction of a spot's observed entries that become targets in training: a float, or a
         ``(low, high)`` range drawn uniformly per spot.
     mask_strategy
-        ``"entries"`` (random entries per spot), ``"spots"`` (all observed entries of a random part of the
-        spots) or ``"genes"`` (a random part of the genes, in every spot of the batch).
+        ``"entries"`` (random entries per spot), ``"nonzero"`` (random nonzero entries per spot: trains for
+        the dropout question, what a zero would read had the molecule been detected), ``"spots"`` (all
+        observed entries of a random part of the spots) or ``"genes"`` (a random part of the genes, in every
+        spot of the batch).
     input_mask
         Hide targets from the encoder (the paper's first mask). ``False`` is an ablation that leaks targets
         into the spatial code during training.
@@ -155,8 +157,10 @@ class STMCDIModule(BaseModuleClass):
             )
         if not 0.0 < point_fraction < 1.0:
             raise ValueError(f"point_fraction must be in (0, 1), got {point_fraction!r}.")
-        if mask_strategy not in ("entries", "spots", "genes"):
-            raise ValueError(f"mask_strategy must be 'entries', 'spots' or 'genes', got {mask_strategy!r}.")
+        if mask_strategy not in ("entries", "nonzero", "spots", "genes"):
+            raise ValueError(
+                f"mask_strategy must be 'entries', 'nonzero', 'spots' or 'genes', got {mask_strategy!r}."
+            )
         lo, hi = (mask_ratio, mask_ratio) if np.isscalar(mask_ratio) else tuple(mask_ratio)
         if not 0.0 < lo <= hi < 1.0:
             raise ValueError(f"mask_ratio must lie in (0, 1) (a float or a (low, high) pair), got {mask_ratio!r}.")
@@ -263,12 +267,18 @@ class STMCDIModule(BaseModuleClass):
         return x * self.gene_std + self.gene_mean
 
     # ----------------------------------------------------------------------------- masks
-    def sample_targets(self, observed: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample_targets(
+        self,
+        observed: torch.Tensor,
+        generator: torch.Generator | None = None,
+        nonzero: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Draw the training targets among the observed entries (``mask_strategy``, ``mask_ratio``).
 
         Every spot draws a ratio uniformly from the ``mask_ratio`` range. ``"entries"`` makes each observed
         entry a target with that probability and keeps at least one target in every spot with an observed
-        entry; ``"spots"`` makes all observed entries of a spot targets with that probability; ``"genes"``
+        entry; ``"nonzero"`` does the same among the observed nonzero entries only (the dropout setting: the
+        model learns what a count is when it is detected); ``"spots"`` makes all observed entries of a spot targets with that probability; ``"genes"``
         picks genes with the first spot's ratio, the same genes in every spot.
 
         Parameters
@@ -277,10 +287,13 @@ class STMCDIModule(BaseModuleClass):
             Boolean ``(B, G)``: the observed entries of the batch's spots.
         generator
             Random generator on ``observed``'s device, for reproducible draws (``None``: torch's global one).
+        nonzero
+            Boolean ``(B, G)``: the nonzero entries, required by ``mask_strategy="nonzero"``.
 
         Returns
         -------
-        Boolean ``(B, G)`` tensor of targets, a subset of ``observed``.
+        Boolean ``(B, G)`` tensor of targets, a subset of ``observed`` (of ``observed & nonzero`` for
+        ``"nonzero"``).
 
         Examples
         --------
@@ -294,18 +307,22 @@ class STMCDIModule(BaseModuleClass):
         >>> bool((target & ~observed).any()), target.any(dim=1).tolist()
         (False, [True, True, True, True])
         """
+        if self.mask_strategy == "nonzero":
+            if nonzero is None:
+                raise ValueError("mask_strategy='nonzero' needs `nonzero`, the boolean nonzero entries.")
+            observed = observed & nonzero.to(torch.bool)
         b, g = observed.shape
         dev = observed.device
         lo, hi = self.mask_ratio
         ratio = lo + (hi - lo) * torch.rand(b, 1, device=dev, generator=generator)
-        if self.mask_strategy == "entries":
+        if self.mask_strategy in ("entries", "nonzero"):
             target = torch.rand(b, g, device=dev, generator=generator) < ratio
         elif self.mask_strategy == "spots":
             target = (torch.rand(b, 1, device=dev, generator=generator) < ratio).expand(b, g)
         else:  # genes
             target = (torch.rand(1, g, device=dev, generator=generator) < ratio[:1]).expand(b, g)
         target = target & observed
-        if self.mask_strategy == "entries":
+        if self.mask_strategy in ("entries", "nonzero"):
             # keep at least one target per spot that has an observed entry
             empty = ~target.any(dim=1) & observed.any(dim=1)
             if empty.any():
@@ -390,7 +407,7 @@ class STMCDIModule(BaseModuleClass):
         x = torch.nan_to_num(x, nan=0.0)
         obs_seed = observed[:n_seed]
         if target is None:
-            target = self.sample_targets(obs_seed, generator)
+            target = self.sample_targets(obs_seed, generator, nonzero=counts[:n_seed] > 0)
         target = target.to(torch.bool)
         cond = obs_seed & ~target
         visible = observed.clone()

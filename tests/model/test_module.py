@@ -45,6 +45,25 @@ def test_mask_seeding_and_strategies():
     assert ((genes.sum(0) == 0) | (genes.sum(0) == 50)).all()
 
 
+def test_nonzero_strategy_draws_targets_among_observed_nonzero_entries():
+    gen = torch.Generator().manual_seed(2)
+    observed = torch.rand(200, 40, generator=gen) > 0.1
+    nonzero = torch.rand(200, 40, generator=gen) > 0.6
+    mod = make_module(g=40, mask_ratio=0.5, mask_strategy="nonzero")
+    target = mod.sample_targets(observed, torch.Generator().manual_seed(0), nonzero=nonzero)
+    assert target.any()
+    assert not (target & ~(observed & nonzero)).any()  # never a zero, never a missing entry
+    assert abs((target.sum() / (observed & nonzero).sum()).item() - 0.5) < 0.03
+    with pytest.raises(ValueError, match="nonzero"):
+        mod.sample_targets(observed)
+    # in training, inference draws them from the counts: no zero count becomes a target
+    b = batch(g=12)
+    b["counts"][:2, :6] = 0.0
+    out = make_module(mask_ratio=0.5, mask_strategy="nonzero").inference(
+        b["counts"], b["library"], b["edge_index"], n_seed=2, generator=torch.Generator().manual_seed(0))
+    assert out["target"].any() and not out["target"][:, :6].any()
+
+
 def test_every_spot_with_observed_entries_gets_a_target():
     mod = make_module(g=4, mask_ratio=0.01)
     target = mod.sample_targets(torch.ones(200, 4, dtype=torch.bool), torch.Generator().manual_seed(0))
