@@ -278,8 +278,9 @@ class STMCDIModule(BaseModuleClass):
         Every spot draws a ratio uniformly from the ``mask_ratio`` range. ``"entries"`` makes each observed
         entry a target with that probability and keeps at least one target in every spot with an observed
         entry; ``"nonzero"`` does the same among the observed nonzero entries only (the dropout setting: the
-        model learns what a count is when it is detected); ``"spots"`` makes all observed entries of a spot targets with that probability; ``"genes"``
-        picks genes with the first spot's ratio, the same genes in every spot.
+        model learns what a count is when it is detected); ``"spots"`` makes all observed entries of a spot
+        targets with that probability; ``"genes"`` picks genes with the first spot's ratio, the same genes in
+        every spot.
 
         Parameters
         ----------
