@@ -408,7 +408,8 @@ class STMCDIModule(BaseModuleClass):
         x = torch.nan_to_num(x, nan=0.0)
         obs_seed = observed[:n_seed]
         if target is None:
-            target = self.sample_targets(obs_seed, generator, nonzero=counts[:n_seed] > 0)
+            nonzero = counts[:n_seed] > 0 if self.mask_strategy == "nonzero" else None
+            target = self.sample_targets(obs_seed, generator, nonzero=nonzero)
         target = target.to(torch.bool)
         cond = obs_seed & ~target
         visible = observed.clone()
