@@ -1,4 +1,5 @@
 import argparse
+import re
 
 import anndata as ad
 import numpy as np
@@ -71,6 +72,11 @@ def test_benchmark_baselines_only_and_csv(tmp_path, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "Split-half ceiling" in out and "| thin" in out
+    # the basis of the per-gene median is printed: at entries 50% each of the 30 genes has 40 held-out
+    # entries; thinning these low counts leaves few genes with 10 held-out entries, which is flagged
+    assert "Genes in the per-gene PCC median" in out
+    assert int(re.search(r"entries 0\.5: (\d+)", out).group(1)) >= 25
+    assert "Few genes under thin 0.5:" in out
     import pandas as pd
 
     df = pd.read_csv(csv)

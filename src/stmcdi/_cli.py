@@ -192,7 +192,7 @@ def _csv_writer(path: str | None):
     return write
 
 
-def _report(args, df, ceiling: float, reference: str | None) -> None:
+def _report(args, df, ceiling: float, reference: str | None, n_vars: int) -> None:
     """Print the summary (and the paired comparison against ``reference``); write CSV / markdown files."""
     import stmcdi
 
@@ -200,7 +200,16 @@ def _report(args, df, ceiling: float, reference: str | None) -> None:
     if "crps" in df and df["crps"].notna().any():
         metrics += ["crps", "coverage_90"]
     summary = stmcdi.benchmark.summarize(df, metrics=metrics, ceiling=ceiling)
-    text = [f"Split-half ceiling of per-gene PCC: {ceiling:.3f}", "", stmcdi.benchmark.to_markdown(summary)]
+    text = [f"Split-half ceiling of per-gene PCC: {ceiling:.3f}"]
+    if "n_genes_scored" in df and (df["n_genes_scored"] > 0).any():
+        basis = df[df["n_genes_scored"] > 0].groupby(["protocol", "ratio"])["n_genes_scored"].median()
+        text.append("Genes in the per-gene PCC median (>= 10 held-out entries; median over methods and seeds): "
+                    + ", ".join(f"{p} {r:g}: {int(n)}" for (p, r), n in basis.items()))
+        few = [f"{p} {r:g}" for (p, r), n in basis.items() if n < min(50, n_vars / 2)]
+        if few:
+            text.append(f"Few genes under {', '.join(few)}: there the per-gene PCC is the median of a handful of "
+                        "genes; read it with the pooled PCC and RMSE.")
+    text += ["", stmcdi.benchmark.to_markdown(summary)]
     if reference is not None and reference in set(df["method"]) and df["method"].nunique() > 1:
         cmp = stmcdi.benchmark.compare(df, reference=reference, metrics=("per_gene_pcc", "rmse"))
         cmp = cmp.round({"diff_mean": 4, "diff_sd": 4, "p_value": 4})
@@ -251,7 +260,7 @@ def cmd_benchmark(args) -> int:
     ceiling = stmcdi.benchmark.split_half_ceiling(adata.layers[args.layer] if args.layer else adata.X, seed=0)
     df = stmcdi.benchmark.evaluate(adata, methods, protocols=pairs, seeds=args.seeds, layer=args.layer,
                                    on_result=_csv_writer(args.csv))
-    _report(args, df, ceiling, args.compare_to)
+    _report(args, df, ceiling, args.compare_to, adata.n_vars)
     return 0
 
 
@@ -279,7 +288,7 @@ def cmd_ablation(args) -> int:
     df = stmcdi.benchmark.ablation(adata, args.study, variants=variants, protocols=pairs, seeds=args.seeds,
                                    layer=args.layer, model_kwargs=model_kw, train_kwargs=train_kw,
                                    impute_kwargs=impute_kw, on_result=_csv_writer(args.csv))
-    _report(args, df, ceiling, f"{args.study}={variants[0]}")
+    _report(args, df, ceiling, f"{args.study}={variants[0]}", adata.n_vars)
     return 0
 
 

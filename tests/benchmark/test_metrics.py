@@ -84,6 +84,9 @@ def test_score_perfect_and_checks():
     pred[r, c] = held.truth
     s = score(held, pred, min_entries=5)
     assert s["n_scored"] == held.mask.nnz
+    # every gene with >= 5 scored entries enters the per-gene median; a constant prediction enters none
+    assert s["n_genes_scored"] == (np.asarray(held.mask.sum(0)).ravel() >= 5).sum() > 0
+    assert score(held, np.ones(held.mask.shape), min_entries=5)["n_genes_scored"] == 0
     for k in ("per_gene_pcc", "per_spot_pcc", "pcc", "cosine", "pcc_z"):
         assert s[k] == pytest.approx(1.0), k
     for k in ("rmse", "mae", "rmse_z", "mae_z"):
@@ -115,7 +118,8 @@ def test_score_z_scale_matches_manual():
     assert s["pcc_z"] == pytest.approx(np.corrcoef(tz, pz)[0, 1], rel=1e-5)
     assert s["rmse"] == pytest.approx(np.sqrt(np.mean((held.truth - pred[r, c]) ** 2)), rel=1e-5)
     assert set(s) == {
-        "per_gene_pcc", "per_spot_pcc", "pcc", "cosine", "rmse", "mae", "pcc_z", "rmse_z", "mae_z", "n_scored"
+        "per_gene_pcc", "per_spot_pcc", "pcc", "cosine", "rmse", "mae", "pcc_z", "rmse_z", "mae_z", "n_scored",
+        "n_genes_scored",
     }  # fmt: skip
 
 

@@ -272,7 +272,10 @@ def score(held_out: HeldOut, pred: np.ndarray, *, min_entries: int = 10) -> dict
     - ``pcc_z``, ``rmse_z``, ``mae_z``: the same after z-scoring truth and prediction per gene with the gene's
       mean and sd over its observed entries in the log-normalised masked data (the stMCDI authors' scale;
       genes with zero sd use sd 1);
-    - ``n_scored``: the number of scored entries.
+    - ``n_scored``: the number of scored entries;
+    - ``n_genes_scored``: the number of genes ``per_gene_pcc`` is the median of (at least ``min_entries`` scored
+      entries and a prediction that varies over them). Under ``nonzero`` on a shallow section this can be a
+      handful of genes: read ``per_gene_pcc`` with it.
 
     Examples
     --------
@@ -304,8 +307,9 @@ def score(held_out: HeldOut, pred: np.ndarray, *, min_entries: int = 10) -> dict
     mean, sd = _gene_stats(held_out)
     tz = (t - mean[c]) / sd[c]
     pz = (p - mean[c]) / sd[c]
+    gene_r = _grouped_pcc(t, p, c, mask.shape[1], min_entries)
     return {
-        "per_gene_pcc": _nanmedian(_grouped_pcc(t, p, c, mask.shape[1], min_entries)),
+        "per_gene_pcc": _nanmedian(gene_r),
         "per_spot_pcc": _nanmedian(_grouped_pcc(t, p, r, mask.shape[0], min_entries)),
         "pcc": pcc(t, p),
         "cosine": cosine(t, p),
@@ -315,6 +319,7 @@ def score(held_out: HeldOut, pred: np.ndarray, *, min_entries: int = 10) -> dict
         "rmse_z": rmse(tz, pz),
         "mae_z": mae(tz, pz),
         "n_scored": float(mask.nnz),
+        "n_genes_scored": float(np.isfinite(gene_r).sum()),
     }
 
 
