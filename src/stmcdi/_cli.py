@@ -203,7 +203,7 @@ def _report(args, df, ceiling: float, reference: str | None, n_vars: int) -> Non
     text = [f"Split-half ceiling of per-gene PCC: {ceiling:.3f}"]
     if "n_genes_scored" in df and (df["n_genes_scored"] > 0).any():
         basis = df[df["n_genes_scored"] > 0].groupby(["protocol", "ratio"])["n_genes_scored"].median()
-        text.append("Genes in the per-gene PCC median (>= 10 held-out entries; median over methods and seeds): "
+        text.append("Genes in the per-gene PCC median (>= 10 held-out entries, non-constant; median over methods and seeds): "
                     + ", ".join(f"{p} {r:g}: {int(n)}" for (p, r), n in basis.items()))
         few = [f"{p} {r:g}" for (p, r), n in basis.items() if n < min(50, n_vars / 2)]
         if few:

@@ -274,7 +274,7 @@ def score(held_out: HeldOut, pred: np.ndarray, *, min_entries: int = 10) -> dict
       genes with zero sd use sd 1);
     - ``n_scored``: the number of scored entries;
     - ``n_genes_scored``: the number of genes ``per_gene_pcc`` is the median of (at least ``min_entries`` scored
-      entries and a prediction that varies over them). Under ``nonzero`` on a shallow section this can be a
+      entries, and truth and prediction that both vary over them). Under ``nonzero`` on a shallow section this can be a
       handful of genes: read ``per_gene_pcc`` with it.
 
     Examples
