@@ -86,3 +86,24 @@ def test_gathered_encoder_equals_full_graph_encoder(n_hops, small_adata):
     x = torch.log1p(out["counts"])
     local = enc(torch.cat([x, torch.ones_like(x)], 1), out["edge_index"])[:3]
     torch.testing.assert_close(local, full[seeds], rtol=1e-4, atol=1e-5)
+
+
+def test_data_splitter_hides_extra_missing_entries(small_adata):
+    from stmcdi import STMCDI
+    from stmcdi._data import NeighborhoodDataSplitter
+
+    a = small_adata
+    STMCDI.setup_anndata(a)
+    model = STMCDI(a)
+    x = a.X.toarray() if sp.issparse(a.X) else np.asarray(a.X)
+    rows, cols = np.nonzero(~np.isnan(x))
+    extra = sp.csr_matrix((np.ones(5, dtype=bool), (rows[:5], cols[:5])), shape=a.shape)
+    splitter = NeighborhoodDataSplitter(model.adata_manager, train_size=1.0, n_hops=1, extra_missing=extra)
+    splitter.setup()
+    batch = next(iter(splitter.train_dataloader()))
+    seeds = batch["row"].numpy()
+    counts = batch["counts"].numpy()[: seeds.size]
+    hidden = extra[seeds].toarray()
+    assert hidden.any() or seeds.size < a.n_obs  # the first batch holds some held-back entries
+    assert np.isnan(counts[hidden]).all()
+    assert np.isfinite(counts[~hidden & ~np.isnan(x[seeds])]).all()

@@ -155,11 +155,15 @@ class NeighborhoodDataSplitter(DataSplitter):
         The model's :class:`~scvi.data.AnnDataManager`.
     n_hops
         Hops of neighbourhood to gather (the encoder's number of layers).
+    extra_missing
+        Optional boolean ``(n_obs, n_vars)`` matrix of observed entries to hide from training (treated as
+        missing in every batch): :meth:`~stmcdi.STMCDI.train` holds back the entries it calibrates the
+        spread on this way.
     **kwargs
         Passed to :class:`~scvi.dataloaders.DataSplitter`.
     """
 
-    def __init__(self, adata_manager: AnnDataManager, *args, n_hops: int = 3, **kwargs):
-        for key, value in neighborhood_loader_kwargs(adata_manager, n_hops).items():
+    def __init__(self, adata_manager: AnnDataManager, *args, n_hops: int = 3, extra_missing=None, **kwargs):
+        for key, value in neighborhood_loader_kwargs(adata_manager, n_hops, extra_missing=extra_missing).items():
             kwargs.setdefault(key, value)
         super().__init__(adata_manager, *args, **kwargs)

@@ -131,6 +131,8 @@ def test_save_load_roundtrip(tmp_path):
     loaded = STMCDI.load(tmp_path / "m", adata=a)
     after = loaded.impute(n_samples=2, n_steps=4, seed=0, inplace=False)
     np.testing.assert_array_equal(before["mean"], after["mean"])
+    assert loaded.spread_scale_ == model.spread_scale_  # the calibrated spread travels with the model
+    assert (loaded.calibration_entries_ != model.calibration_entries_).nnz == 0
     for name, p in model.module.state_dict().items():
         torch.testing.assert_close(loaded.module.state_dict()[name], p)
     other = a.copy()
@@ -191,3 +193,61 @@ def test_spread_scale_widens_the_samples_not_the_mean():
     assert (b["std"][miss] >= a["std"][miss] - 1e-6).all() and b["std"][miss].mean() > 1.3 * a["std"][miss].mean()
     with pytest.raises(ValueError, match="spread_scale"):
         model.impute(spread_scale=0.0)
+
+
+def test_training_calibrates_the_spread_on_held_back_entries():
+    _, held = held_out()
+    a = held.adata
+    model = trained(a)
+    entries = model.calibration_entries_
+    assert entries is not None and entries.shape == a.shape and entries.nnz >= 100
+    observed = ~np.isnan(a.X.toarray())
+    r, c = entries.nonzero()
+    assert observed[r, c].all()  # drawn among observed entries only, never the hold-out's NaN
+    rec = model.spread_calibration_
+    assert rec["n_entries"] == entries.nnz and rec["level"] == 0.9
+    assert 0.5 <= model.spread_scale_ <= 5.0 and rec["spread_scale"] == model.spread_scale_
+    assert rec["coverage"] >= 0.9 or model.spread_scale_ == 5.0
+    # impute's default is the calibrated scale
+    a1 = model.impute(n_samples=4, n_steps=3, seed=1, inplace=False, return_samples=True)
+    a2 = model.impute(n_samples=4, n_steps=3, seed=1, spread_scale=model.spread_scale_, inplace=False,
+                      return_samples=True)
+    np.testing.assert_array_equal(a1["samples"], a2["samples"])
+    # recalibrating for other sampler settings updates the scale used by impute
+    rec2 = model.calibrate_spread(n_samples=3, n_steps=2, level=0.5)
+    assert rec2["n_samples"] == 3 and rec2["level"] == 0.5 and model.spread_scale_ == rec2["spread_scale"]
+    with pytest.raises(ValueError, match="level"):
+        model.calibrate_spread(level=1.5)
+
+
+def test_calibration_entries_follow_the_mask_strategy_and_can_be_off():
+    _, held = held_out()
+    a = held.adata
+    model = trained(a, mask_strategy="nonzero")
+    r, c = model.calibration_entries_.nonzero()
+    assert (a.X.toarray()[r, c] > 0).all()  # nonzero targets: calibrated on nonzero entries
+
+    off = STMCDI(a, **SMALL)
+    off.train(max_epochs=1, batch_size=32, calibration_fraction=0.0, **QUIET)
+    assert off.calibration_entries_ is None and off.spread_scale_ is None
+    d = off.impute(n_samples=3, n_steps=2, seed=0, inplace=False, return_samples=True)
+    e = off.impute(n_samples=3, n_steps=2, seed=0, spread_scale=1.25, inplace=False, return_samples=True)
+    np.testing.assert_array_equal(d["samples"], e["samples"])  # the fixed fallback scale
+    with pytest.raises(ValueError, match="no calibration entries"):
+        off.calibrate_spread()
+    with pytest.raises(ValueError, match="calibration_fraction"):
+        off.train(max_epochs=1, calibration_fraction=1.0, **QUIET)
+
+
+def test_choose_spread_scale_is_the_smallest_covering_scale():
+    from stmcdi._model import _choose_spread_scale
+
+    rng = np.random.default_rng(0)
+    draws = 3.0 + rng.standard_normal((40, 3000))
+    truth = 3.0 + 0.5 * rng.standard_normal(3000)  # narrower than the draws: shrink them
+    scale, cov, unscaled = _choose_spread_scale(truth, draws, 0.9)
+    assert unscaled > 0.99 and 0.5 <= scale < 0.75 and cov >= 0.9
+    grid = np.array([0.5, 1.0])
+    too_wide = 3.0 + 10.0 * rng.standard_normal(3000)
+    scale, cov, _ = _choose_spread_scale(too_wide, draws, 0.9, grid=grid)
+    assert scale == 1.0 and cov < 0.9  # none reaches the level: the largest scale
