@@ -134,3 +134,21 @@ def test_every_command_documents_its_output_and_examples(command):
         parser.parse_args(args)
     undocumented = [a.dest for a in sub._actions if not a.help and a.dest != "help"]
     assert not undocumented, f"options without help: {undocumented}"
+
+
+def test_benchmark_panel_per_split_or_before_hold_out(tmp_path, capsys):
+    adata = stmcdi.datasets.synthetic(n_spots=80, n_genes=30, seed=3)
+    src = tmp_path / "in.h5ad"
+    adata.write_h5ad(src)
+    csv = tmp_path / "res.csv"
+    common = ["benchmark", "--data", str(src), "--no-stmcdi", "--no-extras", "--methods", "gene_mean", "--n-genes",
+              "12", "--panel", "cv", "--csv", str(csv)]
+    assert main(common) == 0
+    assert "12 genes (cv panel chosen in each split on its observed counts)" in capsys.readouterr().out
+    import pandas as pd
+
+    per_split = pd.read_csv(csv)
+    assert main([*common, "--panel-before-hold-out"]) == 0
+    assert "12 genes (cv panel chosen on all counts)" in capsys.readouterr().out
+    before = pd.read_csv(csv)
+    assert per_split["n_scored"].iloc[0] > 0 and before["n_scored"].iloc[0] > 0

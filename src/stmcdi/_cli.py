@@ -173,6 +173,26 @@ def _load_panel(args):
     return _select(ad.read_h5ad(args.data), args)
 
 
+def _load_for_benchmark(args):
+    """The data, the per-split panel (``evaluate(panel=...)``) and the split-half ceiling of the panel.
+
+    The panel is chosen inside every split on the masked counts (DESIGN section 5); the ceiling, a property of
+    the data, is computed on the panel chosen from all counts. ``--panel-before-hold-out`` chooses the panel
+    once on all counts instead (how the tables before 2026-11-25 were made).
+    """
+    import anndata as ad
+
+    import stmcdi
+
+    adata = ad.read_h5ad(args.data)
+    full = _select(adata.copy(), args)
+    ceiling = stmcdi.benchmark.split_half_ceiling(full.layers[args.layer] if args.layer else full.X, seed=0)
+    if args.panel_before_hold_out or not (args.n_genes and args.n_genes < adata.n_vars):
+        return full, None, ceiling, f"{full.n_vars} genes ({args.panel} panel chosen on all counts)"
+    panel = {"n_top_genes": args.n_genes, "flavor": args.panel}
+    return adata, panel, ceiling, f"{args.n_genes} genes ({args.panel} panel chosen in each split on its observed counts)"
+
+
 def _csv_writer(path: str | None):
     """Append each result row to ``path`` as it arrives (header first), so an interrupted run keeps its rows."""
     if not path:
@@ -242,7 +262,7 @@ def cmd_benchmark(args) -> int:
     pairs = _protocol_pairs(args)
     if pairs is None:
         return 2
-    adata = _load_panel(args)
+    adata, panel, ceiling, genes = _load_for_benchmark(args)
     methods = dict(stmcdi.benchmark.BASELINES)
     if not args.no_extras:
         methods.update(stmcdi.benchmark.available_extras())
@@ -255,12 +275,11 @@ def cmd_benchmark(args) -> int:
             print(f"Unknown methods {unknown}; choose from {sorted(methods)}", file=sys.stderr)
             return 2
         methods = {k: methods[k] for k in args.methods}
-    print(f"{args.data}: {adata.n_obs} spots x {adata.n_vars} genes ({args.panel} panel); "
+    print(f"{args.data}: {adata.n_obs} spots x {genes}; "
           f"protocols {[f'{p}:{r:g}' for p, r in pairs]}, seeds {args.seeds}; methods {list(methods)}")
-    ceiling = stmcdi.benchmark.split_half_ceiling(adata.layers[args.layer] if args.layer else adata.X, seed=0)
     df = stmcdi.benchmark.evaluate(adata, methods, protocols=pairs, seeds=args.seeds, layer=args.layer,
-                                   on_result=_csv_writer(args.csv))
-    _report(args, df, ceiling, args.compare_to, adata.n_vars)
+                                   on_result=_csv_writer(args.csv), panel=panel)
+    _report(args, df, ceiling, args.compare_to, panel["n_top_genes"] if panel else adata.n_vars)
     return 0
 
 
@@ -277,18 +296,17 @@ def cmd_ablation(args) -> int:
     if unknown:
         print(f"Unknown variants {unknown} of {args.study}; choose from {list(table)}", file=sys.stderr)
         return 2
-    adata = _load_panel(args)
+    adata, panel, ceiling, genes = _load_for_benchmark(args)
     model_kw, train_kw, impute_kw = _model_kwargs(args)
     model_kw.pop("encoder")  # the encoder study sets it; the others keep the default
     if args.encoder != "gcn" and args.study != "encoder":
         model_kw["encoder"] = args.encoder
-    print(f"{args.data}: {adata.n_obs} spots x {adata.n_vars} genes ({args.panel} panel); study {args.study}, "
+    print(f"{args.data}: {adata.n_obs} spots x {genes}; study {args.study}, "
           f"variants {variants}; protocols {[f'{p}:{r:g}' for p, r in pairs]}, seeds {args.seeds}")
-    ceiling = stmcdi.benchmark.split_half_ceiling(adata.layers[args.layer] if args.layer else adata.X, seed=0)
     df = stmcdi.benchmark.ablation(adata, args.study, variants=variants, protocols=pairs, seeds=args.seeds,
                                    layer=args.layer, model_kwargs=model_kw, train_kwargs=train_kw,
-                                   impute_kwargs=impute_kw, on_result=_csv_writer(args.csv))
-    _report(args, df, ceiling, f"{args.study}={variants[0]}", adata.n_vars)
+                                   impute_kwargs=impute_kw, on_result=_csv_writer(args.csv), panel=panel)
+    _report(args, df, ceiling, f"{args.study}={variants[0]}", panel["n_top_genes"] if panel else adata.n_vars)
     return 0
 
 
@@ -303,6 +321,9 @@ def _add_protocol_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--csv", default=None,
                    help="write per-seed results here (row by row as they finish, so an interrupted run keeps them)")
     p.add_argument("--markdown", default=None, help="write the markdown tables here")
+    p.add_argument("--panel-before-hold-out", action="store_true",
+                   help="choose the --n-genes panel once on all counts, held-out ones included (how the tables "
+                        "made before 2026-11-25 were made); default: in each split, on its observed counts")
 
 
 def build_parser() -> argparse.ArgumentParser:

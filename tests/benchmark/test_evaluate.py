@@ -10,7 +10,7 @@ import pytest
 import scipy.sparse as sp
 from anndata import AnnData
 
-from stmcdi.benchmark import BASELINES, evaluate, split_half_ceiling, summarize, to_markdown
+from stmcdi.benchmark import BASELINES, evaluate, hold_out, split_half_ceiling, summarize, to_markdown
 from stmcdi.pp import log_normalize
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "stahl2016_mob_rep11.h5ad"
@@ -191,3 +191,20 @@ def test_evaluate_hands_each_row_to_on_result_as_it_is_scored():
     df = evaluate(adata, {"g": BASELINES["gene_mean"], "s": BASELINES["spot_mean"]}, seeds=(0, 1), min_entries=3,
                   on_result=seen.append)
     assert pd.DataFrame(seen).equals(df)
+
+
+def test_evaluate_chooses_the_panel_in_each_split():
+    adata = _data()
+    seen = []
+
+    def record(adata_masked, *, layer=None, seed=0, target="missing"):
+        seen.append((seed, tuple(adata_masked.var_names)))
+        x, _, _ = log_normalize(adata_masked.X)
+        return np.where(np.isnan(x), 0.0, x)
+
+    panel = {"n_top_genes": 8, "flavor": "cv", "min_detection": 0.0}
+    df = evaluate(adata, {"zeros": record}, ratio=0.3, seeds=(0, 1), panel=panel, min_entries=3)
+    assert [len(g) for _, g in seen] == [8, 8] and len(df) == 2
+    for (seed, genes), n in zip(seen, df["n_scored"], strict=True):
+        held = hold_out(adata, "entries", 0.3, seed=seed, panel=panel)
+        assert genes == tuple(held.adata.var_names) and n == held.n_scored

@@ -179,3 +179,48 @@ def test_entries_exact_counts_across_column_chunks():
     assert np.array_equal(per_gene[:1500], np.full(1500, 6))  # round(0.3 * 20)
     assert np.array_equal(per_gene[1500:], np.full(1000, round(0.3 * 15)))
     assert not held.mask.toarray()[:5, 1500:].any()
+
+
+@pytest.mark.parametrize("protocol", ["entries", "nonzero", "thin"])
+def test_panel_is_chosen_on_the_masked_counts(protocol):
+    from stmcdi.pp import select_genes
+
+    adata = _data(n_genes=40)
+    panel = {"n_top_genes": 12, "flavor": "cv", "min_detection": 0.0}
+    ratio = 0.5 if protocol == "thin" else 0.2
+    full = hold_out(adata, protocol, ratio, seed=1)
+    held = hold_out(adata, protocol, ratio, seed=1, panel=panel)
+    # the same split, restricted to the genes select_genes picks on the masked (visible) counts
+    chosen = full.adata.copy()
+    select_genes(chosen, **panel)
+    keep = chosen.var["highly_variable"].to_numpy()
+    assert list(held.adata.var_names) == list(adata.var_names[keep])
+    assert (held.mask != full.mask[:, np.flatnonzero(keep)]).nnz == 0
+    np.testing.assert_array_equal(_dense(held.adata.X), _dense(full.adata.X)[:, keep])
+    # truth and target sum on the panel's own library sizes
+    _, lib, target = log_normalize(held.adata.X)
+    assert held.target_sum == pytest.approx(target)
+    if protocol != "thin":
+        counts = _dense(adata.X)[:, keep]
+        lib = np.where(lib > 0, lib, counts.sum(axis=1))  # spots with no visible panel count: full library
+        r, c = held.mask.nonzero()
+        np.testing.assert_allclose(held.truth, np.log1p(counts[r, c] * target / lib[r]), rtol=1e-6)
+
+
+def test_panel_does_not_see_the_held_out_counts():
+    adata = _data(n_genes=40)
+    panel = {"n_top_genes": 10, "flavor": "seurat_v3"}
+    held = hold_out(adata, "entries", 0.2, seed=2, panel=panel)
+    full = hold_out(adata, "entries", 0.2, seed=2)
+    r, c = full.mask.nonzero()
+    loud = _dense(adata.X).copy()
+    loud[r, c] += 500.0  # the held-out counts change a lot; the visible ones do not
+    other = hold_out(AnnData(sp.csr_matrix(loud), obsm=dict(adata.obsm)), "entries", 0.2, seed=2, panel=panel)
+    assert list(other.adata.var_names) == list(held.adata.var_names)
+    # whereas a panel chosen on all counts follows them
+    from stmcdi.pp import select_genes
+
+    before, after = adata.copy(), AnnData(sp.csr_matrix(loud))
+    select_genes(before, 10)
+    select_genes(after, 10)
+    assert list(before.var_names[before.var["highly_variable"]]) != list(after.var_names[after.var["highly_variable"]])

@@ -62,6 +62,7 @@ def ablation(
     impute_kwargs: dict | None = None,
     min_entries: int = 10,
     on_result: Callable[[dict], None] | None = None,
+    panel: dict | None = None,
 ) -> pd.DataFrame:
     """Run one ablation study of :data:`~stmcdi.benchmark.ABLATIONS`: STMCDI once per variant on the same hold-out splits.
 
@@ -74,7 +75,7 @@ def ablation(
         ``"objective"``.
     variants
         Subset of the study's variants (default: all).
-    protocols, ratio, seeds, layer, min_entries, on_result
+    protocols, ratio, seeds, layer, min_entries, on_result, panel
         As in :func:`~stmcdi.benchmark.evaluate`.
     model_kwargs
         :class:`~stmcdi.STMCDI` arguments shared by every variant (a variant's own arguments win).
@@ -107,4 +108,4 @@ def ablation(
         for v in names
     }
     return evaluate(adata, methods, protocols=protocols, ratio=ratio, seeds=seeds, layer=layer,
-                    min_entries=min_entries, on_result=on_result)
+                    min_entries=min_entries, on_result=on_result, panel=panel)

@@ -95,6 +95,7 @@ def evaluate(
     min_entries: int = 10,
     levels: Sequence[float] = (0.5, 0.9),
     on_result: Callable[[dict], None] | None = None,
+    panel: dict | None = None,
 ) -> pd.DataFrame:
     """Benchmark imputation methods on seeded hold-out splits.
 
@@ -128,6 +129,12 @@ def evaluate(
     on_result
         Called with each result row (a dict) as soon as it is scored, e.g. to save partial results of a long
         run.
+    panel
+        Arguments of :func:`stmcdi.pp.select_genes` to choose the gene panel of each split on its masked
+        counts, after the hold-out (``{"n_top_genes": 1000, "flavor": "seurat_v3"}``; see
+        :func:`~stmcdi.benchmark.hold_out`): preprocessing fitted on observed entries only. ``None`` scores
+        every gene of ``adata`` (choose the panel yourself first, knowing that a panel chosen on all counts
+        has seen the held-out ones).
 
     Returns
     -------
@@ -162,8 +169,9 @@ def evaluate(
     rows = []
     for protocol, r in pairs:
         for seed in seeds:
-            held = hold_out(adata, protocol, r, seed=int(seed), layer=layer)
-            logger.info("protocol=%s ratio=%g seed=%d: %d entries held out", protocol, r, seed, held.n_scored)
+            held = hold_out(adata, protocol, r, seed=int(seed), layer=layer, panel=panel)
+            logger.info("protocol=%s ratio=%g seed=%d: %d entries held out in %d genes", protocol, r, seed,
+                        held.n_scored, held.adata.n_vars)
             rr, cc = held.mask.nonzero()
             for name, method in methods.items():
                 t0 = time.perf_counter()

@@ -127,6 +127,21 @@ def _per_gene_pick(eligible: np.ndarray, ratio: float, rng: np.random.Generator)
     return picked
 
 
+def _panel_genes(adata: AnnData, masked: np.ndarray, panel: dict) -> np.ndarray:
+    """Boolean mask of the genes :func:`stmcdi.pp.select_genes` picks on the masked counts."""
+    from stmcdi.pp import select_genes
+
+    tmp = AnnData(sp.csr_matrix(masked.astype(np.float32)), var=adata.var[[]].copy())
+    kwargs = {k: v for k, v in panel.items() if k not in ("layer", "subset", "key_added")}
+    select_genes(tmp, **kwargs)
+    return tmp.var["highly_variable"].to_numpy()
+
+
+def _take(keep: np.ndarray, adata: AnnData, *arrays: np.ndarray) -> tuple:
+    """``adata`` (a copy) and every array restricted to the genes in ``keep``."""
+    return (adata[:, keep].copy(), *(a[:, keep] for a in arrays))
+
+
 def _lognorm_truth(counts: np.ndarray, library: np.ndarray, target_sum: float) -> np.ndarray:
     scale = np.divide(target_sum, library, out=np.zeros_like(library), where=library > 0)
     return np.log1p(counts * scale[:, None])
@@ -149,10 +164,13 @@ def hold_out(
     *,
     seed: int = 0,
     layer: str | None = None,
+    panel: dict | None = None,
 ) -> HeldOut:
     """Hold out observed entries of a count matrix with a seeded protocol.
 
     Entries that are already missing (NaN) are never held out and never scored. The input is not modified.
+    With ``panel``, the gene panel is chosen after the hold-out, on the masked (visible) counts only, and the
+    split is restricted to it: nothing about the held-out entries reaches the choice of genes.
 
     Protocols (a :class:`numpy.random.Generator` seeded with ``seed`` draws everything):
 
@@ -189,6 +207,12 @@ def hold_out(
         Seed of the random generator.
     layer
         Layer with the counts; ``None`` uses ``adata.X``.
+    panel
+        Arguments of :func:`stmcdi.pp.select_genes` (e.g. ``{"n_top_genes": 1000, "flavor": "seurat_v3"}``),
+        applied to the masked counts (held-out entries NaN; the visible counts for ``"thin"``); the returned
+        split keeps the selected genes only, and library sizes, target sum and truth are those of the panel.
+        ``None`` keeps every gene. Holding out per gene and then keeping a subset of genes is the same split
+        on those genes.
 
     Returns
     -------
@@ -203,6 +227,9 @@ def hold_out(
     >>> held = hold_out(adata, "entries", 0.1, seed=0)
     >>> held.n_scored, int(np.isnan(held.adata.X).sum())
     (100, 100)
+    >>> held = hold_out(adata, "entries", 0.1, seed=0, panel={"n_top_genes": 5, "flavor": "cv", "min_detection": 0})
+    >>> held.adata.n_vars, held.mask.shape
+    (5, (50, 5))
     """
     _check_args(protocol, ratio, seed)
     ratio = float(ratio)
@@ -228,6 +255,10 @@ def hold_out(
         held_counts = c - visible
         scored = observed & (visible == 0)
         masked = np.where(observed, visible, np.nan)
+        if panel is not None:
+            keep = _panel_genes(adata, masked, panel)
+            adata, counts, observed, scored, masked = _take(keep, adata, counts, observed, scored, masked)
+            held_counts = held_counts[:, keep]
         vis_lib = library_size(masked)
         target_sum = default_target_sum(vis_lib)
         truth_dense = _lognorm_truth(held_counts, held_counts.sum(axis=1), target_sum)
@@ -248,6 +279,9 @@ def hold_out(
             scored = np.zeros_like(observed)
             scored[np.ix_(half, genes)] = observed[np.ix_(half, genes)]
         masked = np.where(scored, np.nan, counts)
+        if panel is not None:
+            keep = _panel_genes(adata, masked, panel)
+            adata, counts, observed, scored, masked = _take(keep, adata, counts, observed, scored, masked)
         lib = library_size(masked)
         target_sum = default_target_sum(lib)
         full_lib = library_size(counts)
