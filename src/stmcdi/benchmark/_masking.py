@@ -138,8 +138,8 @@ def _panel_genes(adata: AnnData, masked: np.ndarray, panel: dict) -> np.ndarray:
 
 
 def _take(keep: np.ndarray, adata: AnnData, *arrays: np.ndarray) -> tuple:
-    """``adata`` (a copy) and every array restricted to the genes in ``keep``."""
-    return (adata[:, keep].copy(), *(a[:, keep] for a in arrays))
+    """``adata`` (a view: :func:`hold_out` copies it once, at the end) and every array restricted to ``keep``."""
+    return (adata[:, keep], *(a[:, keep] for a in arrays))
 
 
 def _lognorm_truth(counts: np.ndarray, library: np.ndarray, target_sum: float) -> np.ndarray:
