@@ -35,7 +35,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=64, help="spots per minibatch (default 64)")
     g.add_argument("--accelerator", default="auto", help="'auto', 'cpu' or 'gpu' (default auto)")
     g.add_argument("--devices", default="auto", help="devices (default auto: one GPU if present)")
-    g.add_argument("--n-samples", type=int, default=20, help="diffusion samples per spot (default 20)")
+    g.add_argument("--n-samples", type=int, default=None,
+                   help="diffusion samples per spot (default 10); with another value the spread is recalibrated")
     g.add_argument("--n-steps", type=int, default=None, help="DDIM steps (default 10)")
     g.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim",
                    help="ddim (default, --n-steps steps) or ddpm (the paper's sampler, every step)")
@@ -61,7 +62,9 @@ def _model_kwargs(args) -> tuple[dict, dict, dict]:
         "devices": devices,
         "enable_progress_bar": args.progress,
     }
-    impute = {"n_samples": args.n_samples, "n_steps": args.n_steps, "sampler": args.sampler}
+    impute = {"n_steps": args.n_steps, "sampler": args.sampler}
+    if args.n_samples is not None:
+        impute["n_samples"] = args.n_samples
     if args.spread_scale is not None:
         impute["spread_scale"] = args.spread_scale
     model = {"encoder": args.encoder}

@@ -209,10 +209,19 @@ def test_training_calibrates_the_spread_on_held_back_entries():
     assert rec["n_entries"] == entries.nnz and rec["level"] == 0.9
     assert 0.5 <= model.spread_scale_ <= 5.0 and rec["spread_scale"] == model.spread_scale_
     assert rec["coverage"] >= 0.9 or model.spread_scale_ == 5.0
-    # impute's default is the calibrated scale
+    # calibrated for impute's default settings; the same settings spelled out do not recalibrate
+    from stmcdi._model import N_SAMPLES
+
+    assert (rec["n_samples"], rec["sampler"], rec["n_steps"]) == (N_SAMPLES, "ddim", None) and N_SAMPLES == 10
+    model.impute(n_samples=N_SAMPLES, n_steps=10, seed=1, inplace=False)
+    assert model.spread_calibration_ is rec
+    # other settings: impute recalibrates for them first, once, and uses that scale
     a1 = model.impute(n_samples=4, n_steps=3, seed=1, inplace=False, return_samples=True)
+    rec4 = model.spread_calibration_
+    assert rec4 is not rec and (rec4["n_samples"], rec4["n_steps"], rec4["level"]) == (4, 3, 0.9)
     a2 = model.impute(n_samples=4, n_steps=3, seed=1, spread_scale=model.spread_scale_, inplace=False,
                       return_samples=True)
+    assert model.spread_calibration_ is rec4
     np.testing.assert_array_equal(a1["samples"], a2["samples"])
     # recalibrating for other sampler settings updates the scale used by impute
     rec2 = model.calibrate_spread(n_samples=3, n_steps=2, level=0.5)
