@@ -22,7 +22,7 @@ from scvi.utils import setup_anndata_dsp
 
 from ._constants import KEYS, REGISTRY_KEYS
 from ._data import NeighborhoodDataSplitter, neighborhood_loader_kwargs, registered_counts
-from ._module import STMCDIModule
+from ._module import DDIM_STEPS, STMCDIModule
 from ._training_plan import DiffusionTrainingPlan
 from ._validation import check_counts, check_not_view, get_coordinates, get_layer, missing_mask
 from .pp._graph import check_neighbor_table, spatial_graph
@@ -451,7 +451,7 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
         """The sampler settings that change the samples (DDIM's default steps resolved; DDPM has no steps)."""
         if sampler == "ddpm":
             return int(n_samples), sampler, None
-        return int(n_samples), sampler, int(n_steps or min(10, self.module.n_diffusion_steps))
+        return int(n_samples), sampler, int(n_steps or min(DDIM_STEPS, self.module.n_diffusion_steps))
 
     @torch.inference_mode()
     def calibrate_spread(

@@ -16,6 +16,9 @@ MaskStrategy = Literal["entries", "nonzero", "spots", "genes"]
 EncoderChoice = Literal["gcn", "gat", "gin", "mlp", "none"]
 Objective = Literal["diffusion", "mae", "hybrid"]
 
+#: Default number of DDIM steps of :meth:`STMCDIModule.sample` (capped at ``n_diffusion_steps``).
+DDIM_STEPS = 10
+
 
 class STMCDIModule(BaseModuleClass):
     r"""Masked conditional diffusion with a spatial graph encoder (stMCDI).
@@ -705,7 +708,7 @@ class STMCDIModule(BaseModuleClass):
                 else:
                     xt = x0
         elif sampler == "ddim":
-            steps = ddim_timesteps(self.n_diffusion_steps, n_steps or min(10, self.n_diffusion_steps))
+            steps = ddim_timesteps(self.n_diffusion_steps, n_steps or min(DDIM_STEPS, self.n_diffusion_steps))
             for i, t in enumerate(steps):
                 tt = torch.full((n,), t, device=x.device, dtype=torch.long)
                 eps = self.denoise(xt, tt, x, target, cond, z, x_hat, context)
