@@ -31,6 +31,7 @@ SPREAD_SCALES = (1.0, 1.25, 1.5, 1.75, 2.0)
 #: name -> (STMCDI arguments, train arguments); "default" is the package's defaults.
 CONFIGS: dict[str, tuple[dict, dict]] = {
     "default": ({}, {}),
+    "steps500": ({}, {"max_steps": 500}),
     "steps1000": ({}, {"max_steps": 1000}),
     "steps3000": ({}, {"max_steps": 3000}),
     "mask0.6": ({"mask_ratio": 0.6}, {}),
@@ -43,6 +44,11 @@ CONFIGS: dict[str, tuple[dict, dict]] = {
     "hybrid": ({"objective": "hybrid"}, {}),
     "hybrid0.25": ({"objective": "hybrid", "point_fraction": 0.25}, {}),
     "mask_nonzero": ({"mask_strategy": "nonzero"}, {}),
+    "no_spot_features": ({"spot_features": False}, {}),
+    "no_expression": ({"n_expression_neighbors": 0}, {}),
+    "no_expression_no_spot": ({"n_expression_neighbors": 0, "spot_features": False}, {}),
+    "expression10": ({"n_expression_neighbors": 10}, {}),
+    "expression40": ({"n_expression_neighbors": 40}, {}),
 }
 
 

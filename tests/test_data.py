@@ -107,3 +107,65 @@ def test_data_splitter_hides_extra_missing_entries(small_adata):
     assert hidden.any() or seeds.size < a.n_obs  # the first batch holds some held-back entries
     assert np.isnan(counts[hidden]).all()
     assert np.isfinite(counts[~hidden & ~np.isnan(x[seeds])]).all()
+
+
+def two_groups(n=40, g=30, seed=0):
+    """Counts of two groups of spots with different expressed genes (rows alternate between the groups)."""
+    rng = np.random.default_rng(seed)
+    rate = np.full((n, g), 0.5)
+    rate[0::2, : g // 2] = 20.0
+    rate[1::2, g // 2:] = 20.0
+    return rng.poisson(rate).astype(np.float32)
+
+
+def test_expression_neighbours_are_alike_in_expression_and_never_the_spot_itself():
+    from stmcdi._data import expression_neighbor_table
+
+    c = two_groups()
+    table = expression_neighbor_table(c, n_neighbors=5)
+    assert table.shape == (40, 5) and table.dtype == np.int64
+    assert (table != np.arange(40)[:, None]).all()
+    assert ((table % 2) == (np.arange(40)[:, None] % 2)).all()  # the same group
+    # duplicate profiles: still never the spot itself
+    dup = np.repeat(c[:5], 4, axis=0)
+    t = expression_neighbor_table(dup, n_neighbors=3, n_pcs=2)
+    assert (t != np.arange(20)[:, None]).all()
+    with pytest.raises(ValueError, match="n_neighbors"):
+        expression_neighbor_table(c, n_neighbors=40)
+
+
+def test_expression_neighbours_are_chosen_on_observed_entries_only():
+    from stmcdi._data import expression_neighbor_table
+
+    c = two_groups()
+    hidden = np.zeros(c.shape, dtype=bool)
+    hidden[::3, ::2] = True
+    a = expression_neighbor_table(c, sp.csr_matrix(hidden), n_neighbors=5)
+    changed = c.copy()
+    changed[hidden] = 500.0  # what is hidden cannot move the neighbours
+    np.testing.assert_array_equal(expression_neighbor_table(changed, sp.csr_matrix(hidden), n_neighbors=5), a)
+    nan = c.copy()
+    nan[hidden] = np.nan  # NaN is the same as a hidden entry
+    np.testing.assert_array_equal(expression_neighbor_table(nan, n_neighbors=5), a)
+
+
+def test_collate_carries_the_expression_neighbours_counts():
+    c = two_groups()
+    c[3, 0] = np.nan
+    table = np.column_stack([np.arange(40), (np.arange(40) + 1) % 40])
+    col = NeighborhoodCollate(c, table, n_hops=1, n_expression_neighbors=4)
+    out = col({"spatial_nn": table[[0, 2]]})
+    expr = col.expression_table[[0, 2]].ravel()
+    assert out["expression_counts"].shape == (8, 30) and out["expression_library"].shape == (8,)
+    np.testing.assert_array_equal(np.nan_to_num(out["expression_counts"].numpy(), nan=-1.0),
+                                  np.nan_to_num(c[expr], nan=-1.0))
+    np.testing.assert_allclose(out["expression_library"].numpy(), np.nansum(c[expr], axis=1))
+    assert "expression_counts" not in NeighborhoodCollate(c, table, n_hops=1)({"spatial_nn": table[[0]]})
+    assert NeighborhoodCollate(c[:4], table[:4] % 4, n_hops=1, n_expression_neighbors=10).n_expression_neighbors == 3
+    # with zeros treated as missing, the neighbours' zeros are missing too, and do not choose the neighbours
+    zero = NeighborhoodCollate(c, table, n_hops=1, n_expression_neighbors=4, zeros_missing=True)
+    out = zero({"spatial_nn": table[[0]]})
+    assert not (out["expression_counts"] == 0).any()
+    hide = sp.csr_matrix(np.nan_to_num(c) == 0)
+    as_mask = NeighborhoodCollate(c, table, n_hops=1, n_expression_neighbors=4, missing=hide)
+    np.testing.assert_array_equal(zero.expression_table, as_mask.expression_table)

@@ -47,6 +47,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mask-strategy", choices=("entries", "nonzero", "spots", "genes"), default=None,
                    help="training targets (default entries; nonzero trains for the dropout question: "
                         "what a zero would read had it been detected)")
+    g.add_argument("--expression-neighbors", type=int, default=None,
+                   help="nearest spots in expression space whose mean profile conditions each spot (default 20; "
+                        "0 conditions on the spatial neighbours alone, as the paper does)")
+    g.add_argument("--no-spot-features", action="store_true",
+                   help="do not give the network the summaries of each spot's visible entries (an ablation)")
     g.add_argument("--spread-scale", type=float, default=None,
                    help="factor on the samples' deviations from their mean (default: impute's)")
     g.add_argument("--seed", type=int, default=0, help="seed of training and sampling (default 0)")
@@ -72,6 +77,10 @@ def _model_kwargs(args) -> tuple[dict, dict, dict]:
         model["objective"] = args.objective
     if args.mask_strategy is not None:
         model["mask_strategy"] = args.mask_strategy
+    if args.expression_neighbors is not None:
+        model["n_expression_neighbors"] = args.expression_neighbors
+    if args.no_spot_features:
+        model["spot_features"] = False
     return model, train, impute
 
 
@@ -433,8 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
             "Train and score STMCDI once per variant of a study (stmcdi.benchmark.ABLATIONS) on the same\n"
             "hold-out splits: mask-strategy (entries / spots / genes), mask-phase (input mask, representation\n"
             "re-mask, both, none), encoder (gcn / gat / gin / mlp / none), mask-ratio (training mask ratio\n"
-            "sweep, the paper's Fig. 3) and objective (diffusion against the masked autoencoder: the same\n"
-            "network trained to predict the targets in one pass).\n\n"
+            "sweep, the paper's Fig. 3), objective (diffusion against the masked autoencoder: the same\n"
+            "network trained to predict the targets in one pass) and conditions (expression neighbours and\n"
+            "spot summaries, each on or off).\n\n"
             "output: the split-half ceiling, a markdown table of mean +- sd over seeds per variant (CRPS and\n"
             "90%% coverage included) and the paired comparison of the first (default) variant against each\n"
             "other on stdout; with --csv and --markdown, files."
@@ -447,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     abl.add_argument("--study", required=True, choices=("mask-strategy", "mask-phase", "encoder", "mask-ratio",
-                                                         "objective"),
+                                                         "objective", "conditions"),
                      help="which ablation to run")
     abl.add_argument("--variants", nargs="+", default=None,
                      help="subset of the study's variants (default all; the first is the reference)")

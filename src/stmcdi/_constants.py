@@ -36,6 +36,8 @@ class _BATCH_KEYS_NT(NamedTuple):
     LIBRARY: str = "library"  # (U,) library size from observed entries
     EDGE_INDEX: str = "edge_index"  # (2, E) int64 local edges, source -> target (target aggregates)
     ROW: str = "row"  # (B,) int64: absolute row of each of the batch's spots, which are nodes 0 .. B-1
+    EXPRESSION_COUNTS: str = "expression_counts"  # (B * m, G) counts of each spot's m expression neighbours
+    EXPRESSION_LIBRARY: str = "expression_library"  # (B * m,) their library sizes
 
 
 BATCH_KEYS = _BATCH_KEYS_NT()

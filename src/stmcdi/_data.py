@@ -2,9 +2,10 @@
 
 scvi-tools' :class:`~scvi.dataloaders.AnnDataLoader` yields the neighbour-table rows of a batch of spots;
 :class:`NeighborhoodCollate` turns them into the subgraph the encoder needs: the batch's spots (first),
-the spots within ``n_hops`` of them, their counts, library sizes and the local edges. The cost of a step
-depends on the batch size and ``k``, never on the number of spots in the section, and the module holds no
-data (safe for EMA copies and DDP).
+the spots within ``n_hops`` of them, their counts, library sizes and the local edges, and, with
+``n_expression_neighbors``, the counts of each spot's nearest spots in expression space
+(:func:`expression_neighbor_table`). The cost of a step depends on the batch size and ``k``, never on the
+number of spots in the section, and the module holds no data (safe for EMA copies and DDP).
 """
 
 from __future__ import annotations
@@ -18,6 +19,66 @@ from scvi.dataloaders import DataSplitter
 from ._constants import BATCH_KEYS, REGISTRY_KEYS
 from ._validation import missing_mask
 from .pp._normalize import library_size
+
+
+def expression_neighbor_table(
+    counts, missing: sp.csr_matrix | None = None, n_neighbors: int = 20, n_pcs: int = 10, seed: int = 0
+) -> np.ndarray:
+    """Each spot's nearest spots in expression space, from its observed entries only.
+
+    The counts are log-normalised with library sizes from the observed entries (median target sum), each
+    gene is centred and scaled by its observed entries, missing entries are set to 0 (the gene's mean),
+    and the spots are compared by Euclidean distance over the first ``n_pcs`` principal components, as
+    MAGIC and scanpy's ``pp.neighbors`` do. A spot is never its own neighbour.
+
+    Parameters
+    ----------
+    counts
+        ``(n_obs, n_vars)`` dense or sparse counts; NaN marks missing entries.
+    missing
+        Optional boolean ``(n_obs, n_vars)`` matrix of further missing entries.
+    n_neighbors
+        Neighbours per spot (at most ``n_obs - 1``).
+    n_pcs
+        Principal components (at most ``min(n_obs, n_vars) - 1``).
+    seed
+        Seed of the randomised PCA solver on large sections.
+
+    Returns
+    -------
+    int64 ``(n_obs, n_neighbors)`` table of row indices, nearest first.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> counts = np.array([[9, 0, 1], [8, 0, 2], [0, 9, 1], [0, 8, 2]], dtype=float)
+    >>> expression_neighbor_table(counts, n_neighbors=1, n_pcs=2)[:, 0].tolist()
+    [1, 0, 3, 2]
+    """
+    from sklearn.decomposition import PCA
+    from sklearn.neighbors import NearestNeighbors
+
+    from .pp._normalize import log_normalize
+
+    n_obs, n_vars = counts.shape
+    if not 1 <= n_neighbors < n_obs:
+        raise ValueError(f"n_neighbors must be in [1, n_obs - 1] = [1, {n_obs - 1}], got {n_neighbors}.")
+    x, _, _ = log_normalize(counts, missing_mask(counts, missing))
+    obs = ~np.isnan(x)
+    n = np.maximum(obs.sum(axis=0), 1)
+    mean = np.where(obs, x, 0.0).sum(axis=0) / n
+    sd = np.sqrt(np.where(obs, (x - mean) ** 2, 0.0).sum(axis=0) / n)
+    z = np.where(obs, (x - mean) / np.where(sd > 1e-8, sd, 1.0), 0.0).astype(np.float32)
+    n_pcs = int(max(1, min(n_pcs, min(n_obs, n_vars) - 1)))
+    pcs = PCA(n_components=n_pcs, random_state=seed).fit_transform(z)
+    idx = NearestNeighbors(n_neighbors=n_neighbors + 1).fit(pcs).kneighbors(pcs, return_distance=False)
+    # drop each spot itself (normally the first column; not always with duplicate profiles)
+    rows = np.arange(n_obs)[:, None]
+    keep = idx != rows
+    out = np.empty((n_obs, n_neighbors), dtype=np.int64)
+    for i in range(n_obs):
+        out[i] = idx[i][keep[i]][:n_neighbors]
+    return out
 
 
 def registered_counts(adata_manager: AnnDataManager):
@@ -45,12 +106,18 @@ class NeighborhoodCollate:
         Optional boolean matrix of further missing entries.
     zeros_missing
         Treat zero counts as missing too (``impute(target="zeros")``). Library sizes are unaffected.
+    n_expression_neighbors
+        With ``> 0``, every batch also carries the counts of each batch spot's nearest spots in expression
+        space (:func:`expression_neighbor_table` on the observed entries, computed once here; at most
+        ``n_obs - 1``).
 
     Returns
     -------
     Called on ``{"spatial_nn": (B, 1 + k)}`` it returns a dict of tensors: ``counts`` ``(U, G)`` float32
     with NaN at missing entries, ``library`` ``(U,)``, ``edge_index`` ``(2, E)`` (source -> target, the
-    target aggregates) and ``row`` ``(B,)``; nodes ``0 .. B-1`` are the batch's spots.
+    target aggregates) and ``row`` ``(B,)``; nodes ``0 .. B-1`` are the batch's spots. With
+    ``n_expression_neighbors = m > 0`` also ``expression_counts`` ``(B * m, G)`` (spot ``i``'s neighbours
+    are rows ``i*m .. i*m + m - 1``; NaN at missing entries) and ``expression_library`` ``(B * m,)``.
 
     Examples
     --------
@@ -62,7 +129,10 @@ class NeighborhoodCollate:
     ([[1], [0]], [0])
     """
 
-    def __init__(self, counts, table: np.ndarray, n_hops: int, missing=None, zeros_missing: bool = False):
+    def __init__(
+        self, counts, table: np.ndarray, n_hops: int, missing=None, zeros_missing: bool = False,
+        n_expression_neighbors: int = 0,
+    ):
         miss = missing_mask(counts, missing)
         csr = sp.csr_matrix(counts, dtype=np.float32, copy=True)
         csr.data[np.isnan(csr.data)] = 0.0
@@ -75,21 +145,33 @@ class NeighborhoodCollate:
         self.table = np.ascontiguousarray(table, dtype=np.int64)
         self.n_hops = int(n_hops)
         self.zeros_missing = bool(zeros_missing)
+        self.n_expression_neighbors = int(min(n_expression_neighbors, counts.shape[0] - 1))
+        self.expression_table = None
+        if self.n_expression_neighbors > 0:  # chosen on what the batches show as observed
+            seen_missing = miss
+            if self.zeros_missing:
+                zero = self.counts.copy()
+                zero.data = np.ones_like(zero.data)
+                seen_missing = (sp.csr_matrix(np.ones(zero.shape, dtype=bool)) - zero.astype(bool)).astype(bool)
+            self.expression_table = expression_neighbor_table(counts, seen_missing, self.n_expression_neighbors)
 
     @classmethod
     def from_manager(
-        cls, adata_manager: AnnDataManager, n_hops: int, zeros_missing: bool = False, extra_missing=None
+        cls, adata_manager: AnnDataManager, n_hops: int, zeros_missing: bool = False, extra_missing=None,
+        n_expression_neighbors: int = 0,
     ):
         """Build the collate from a registered AnnData (counts, optional missing layer, neighbour table).
 
-        ``extra_missing`` (boolean, the data's shape) marks further entries to treat as missing.
+        ``extra_missing`` (boolean, the data's shape) marks further entries to treat as missing (also when
+        the expression neighbours are chosen).
         """
         X, mask = registered_counts(adata_manager)
         if extra_missing is not None:
             extra = sp.csr_matrix(extra_missing).astype(bool)
             mask = extra if mask is None else (sp.csr_matrix(mask).astype(bool) + extra).astype(bool)
         table = np.asarray(adata_manager.get_from_registry(REGISTRY_KEYS.NEIGHBORS_KEY))
-        return cls(X, table, n_hops, missing=mask, zeros_missing=zeros_missing)
+        return cls(X, table, n_hops, missing=mask, zeros_missing=zeros_missing,
+                   n_expression_neighbors=n_expression_neighbors)
 
     def __deepcopy__(self, memo):
         # AnnDataLoader deep-copies its kwargs; the store is read-only, so share it instead of copying it.
@@ -119,27 +201,37 @@ class NeighborhoodCollate:
         edges = np.stack([local(np.concatenate(src)), local(np.concatenate(dst))])
         return nodes, edges
 
-    def __call__(self, batch: dict) -> dict[str, torch.Tensor]:
-        seeds = np.asarray(batch[REGISTRY_KEYS.NEIGHBORS_KEY])[:, 0].astype(np.int64)
-        nodes, edges = self.neighborhood(seeds)
+    def _counts(self, nodes: np.ndarray) -> np.ndarray:
         counts = self.counts[nodes].toarray()
         if self.missing.nnz:
             counts[self.missing[nodes].toarray()] = np.nan
         if self.zeros_missing:
             counts[counts == 0] = np.nan
-        return {
-            BATCH_KEYS.COUNTS: torch.from_numpy(counts),
+        return counts
+
+    def __call__(self, batch: dict) -> dict[str, torch.Tensor]:
+        seeds = np.asarray(batch[REGISTRY_KEYS.NEIGHBORS_KEY])[:, 0].astype(np.int64)
+        nodes, edges = self.neighborhood(seeds)
+        out = {
+            BATCH_KEYS.COUNTS: torch.from_numpy(self._counts(nodes)),
             BATCH_KEYS.LIBRARY: torch.from_numpy(self.library[nodes]),
             BATCH_KEYS.EDGE_INDEX: torch.from_numpy(edges),
             BATCH_KEYS.ROW: torch.from_numpy(seeds),
         }
+        if self.expression_table is not None:
+            expr = self.expression_table[seeds].ravel()
+            out[BATCH_KEYS.EXPRESSION_COUNTS] = torch.from_numpy(self._counts(expr))
+            out[BATCH_KEYS.EXPRESSION_LIBRARY] = torch.from_numpy(self.library[expr])
+        return out
 
 
 def neighborhood_loader_kwargs(
-    adata_manager: AnnDataManager, n_hops: int, zeros_missing: bool = False, extra_missing=None
+    adata_manager: AnnDataManager, n_hops: int, zeros_missing: bool = False, extra_missing=None,
+    n_expression_neighbors: int = 0,
 ) -> dict:
     """Keyword arguments that make an :class:`~scvi.dataloaders.AnnDataLoader` yield neighbourhood batches."""
-    collate = NeighborhoodCollate.from_manager(adata_manager, n_hops, zeros_missing, extra_missing)
+    collate = NeighborhoodCollate.from_manager(adata_manager, n_hops, zeros_missing, extra_missing,
+                                               n_expression_neighbors)
     return {"data_and_attributes": {REGISTRY_KEYS.NEIGHBORS_KEY: np.int64}, "collate_fn": collate}
 
 
@@ -159,11 +251,19 @@ class NeighborhoodDataSplitter(DataSplitter):
         Optional boolean ``(n_obs, n_vars)`` matrix of observed entries to hide from training (treated as
         missing in every batch): :meth:`~stmcdi.STMCDI.train` holds back the entries it calibrates the
         spread on this way.
+    n_expression_neighbors
+        Expression-space neighbours each batch carries (see :class:`NeighborhoodCollate`); 0 for none.
     **kwargs
         Passed to :class:`~scvi.dataloaders.DataSplitter`.
     """
 
-    def __init__(self, adata_manager: AnnDataManager, *args, n_hops: int = 3, extra_missing=None, **kwargs):
-        for key, value in neighborhood_loader_kwargs(adata_manager, n_hops, extra_missing=extra_missing).items():
+    def __init__(
+        self, adata_manager: AnnDataManager, *args, n_hops: int = 3, extra_missing=None,
+        n_expression_neighbors: int = 0, **kwargs,
+    ):
+        loader_kwargs = neighborhood_loader_kwargs(
+            adata_manager, n_hops, extra_missing=extra_missing, n_expression_neighbors=n_expression_neighbors
+        )
+        for key, value in loader_kwargs.items():
             kwargs.setdefault(key, value)
         super().__init__(adata_manager, *args, **kwargs)

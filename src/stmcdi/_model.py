@@ -20,7 +20,7 @@ from scvi.dataloaders import AnnDataLoader
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 from scvi.utils import setup_anndata_dsp
 
-from ._constants import KEYS, REGISTRY_KEYS
+from ._constants import BATCH_KEYS, KEYS, REGISTRY_KEYS
 from ._data import NeighborhoodDataSplitter, neighborhood_loader_kwargs, registered_counts
 from ._module import DDIM_STEPS, STMCDIModule
 from ._training_plan import DiffusionTrainingPlan
@@ -81,6 +81,12 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
     mask_ratio
         Fraction of observed entries hidden as training targets: a float, or a ``(low, high)`` range drawn
         per spot.
+    n_expression_neighbors
+        Nearest spots in expression space (10 principal components of the observed entries,
+        :func:`~stmcdi._data.expression_neighbor_table`) whose mean profile conditions each spot
+        (``expression_profile`` of :class:`~stmcdi.STMCDIModule`); at most ``n_obs - 1``. ``0`` conditions on
+        the spatial neighbours alone, as the paper does. Chosen on validation entries (docs/benchmarks.md,
+        "Expression neighbours").
     **module_kwargs
         Further :class:`~stmcdi.STMCDIModule` arguments (``mask_strategy``, ``input_mask``,
         ``representation_mask_ratio``, ``n_encoder_layers``, ``beta_end``, ...).
@@ -112,14 +118,27 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
         genes_per_token: int = 8,
         n_diffusion_steps: int = 50,
         mask_ratio: float | Sequence[float] = (0.1, 0.9),
+        n_expression_neighbors: int = 20,
         **module_kwargs,
     ):
         super().__init__(adata, registry)
+        if isinstance(n_expression_neighbors, bool) or not isinstance(n_expression_neighbors, int | np.integer) \
+                or n_expression_neighbors < 0:
+            raise ValueError(
+                f"n_expression_neighbors must be a non-negative integer, got {n_expression_neighbors!r}; 0 turns "
+                "the expression neighbours off."
+            )
+        #: expression neighbours each batch carries (capped at n_obs - 1)
+        self.n_expression_neighbors = int(min(n_expression_neighbors, self.summary_stats.n_cells - 1))
         counts, mask = registered_counts(self.adata_manager)
         x, _, target_sum = log_normalize(counts, missing_mask(counts, mask))
         mean, std = _gene_stats(x)
         gene_max = np.nanmax(x, axis=0)
         mask_ratio = tuple(mask_ratio) if not np.isscalar(mask_ratio) else float(mask_ratio)
+        kwargs = dict(module_kwargs)  # the saved init parameters keep the user's arguments only
+        kwargs["expression_profile"] = self.n_expression_neighbors > 0
+        if kwargs.get("spot_features", True) and kwargs.get("spot_feature_stats") is None:
+            kwargs["spot_feature_stats"] = _spot_feature_stats(counts, x)
         self.module = self._module_cls(
             n_genes=self.summary_stats.n_vars,
             gene_mean=mean,
@@ -134,14 +153,15 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
             genes_per_token=genes_per_token,
             n_diffusion_steps=n_diffusion_steps,
             mask_ratio=mask_ratio,
-            **module_kwargs,
+            **kwargs,
         )
         n_nb = self.summary_stats.get(f"n_{REGISTRY_KEYS.NEIGHBORS_KEY}", 0) - 1
         self._model_summary_string = (
             f"STMCDI model: {self.summary_stats.n_vars} genes, {n_nb} spatial neighbours, encoder={encoder}, "
             f"n_latent={n_latent}, n_channels={n_channels}, n_layers={n_layers}, attention={attention}, "
             f"genes_per_token={genes_per_token}, "
-            f"diffusion steps={n_diffusion_steps}, mask_ratio={mask_ratio}"
+            f"diffusion steps={n_diffusion_steps}, mask_ratio={mask_ratio}, "
+            f"expression neighbours={self.n_expression_neighbors}"
         )
         #: held-back calibration entries (boolean sparse matrix), the chosen spread scale and its record
         self.calibration_entries_: sp.csr_matrix | None = None
@@ -381,6 +401,7 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
             callbacks.append(EMAWeightAveraging(decay=decay, use_buffers=False))
         datasplitter_kwargs = dict(datasplitter_kwargs or {})
         datasplitter_kwargs.setdefault("n_hops", self.module.n_hops)
+        datasplitter_kwargs.setdefault("n_expression_neighbors", self.n_expression_neighbors)
         if isinstance(calibration_entries, bool) or not isinstance(calibration_entries, int | np.integer) \
                 or calibration_entries < 0:
             raise ValueError(
@@ -513,7 +534,8 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
         rows_all, cols = entries.nonzero()
         spots = np.unique(rows_all)
         manager = self.get_anndata_manager(self.adata, required=True)
-        kwargs = neighborhood_loader_kwargs(manager, self.module.n_hops, extra_missing=entries)
+        kwargs = neighborhood_loader_kwargs(manager, self.module.n_hops, extra_missing=entries,
+                                            n_expression_neighbors=self.n_expression_neighbors)
         loader = AnnDataLoader(manager, indices=spots, batch_size=batch_size, shuffle=False, **kwargs)
         library = kwargs["collate_fn"].library  # without the held-back entries, as the model sees them
         counts, _ = registered_counts(manager)
@@ -530,7 +552,7 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
             rows = batch["row"].numpy()
             out = self.module.sample(
                 batch["counts"], batch["library"], batch["edge_index"], len(rows),
-                n_samples=n_samples, sampler=sampler, n_steps=n_steps, generator=gen,
+                n_samples=n_samples, sampler=sampler, n_steps=n_steps, generator=gen, **_expression_inputs(batch),
             ).float().cpu().numpy()
             where[:] = -1
             where[rows] = np.arange(rows.size)
@@ -555,7 +577,8 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
         self, adata: AnnData, batch_size: int, zeros_missing: bool = False, extra_missing=None
     ) -> AnnDataLoader:
         manager = self.get_anndata_manager(adata, required=True)
-        kwargs = neighborhood_loader_kwargs(manager, self.module.n_hops, zeros_missing, extra_missing)
+        kwargs = neighborhood_loader_kwargs(manager, self.module.n_hops, zeros_missing, extra_missing,
+                                            self.n_expression_neighbors)
         return AnnDataLoader(manager, indices=None, batch_size=batch_size, shuffle=False, **kwargs)
 
     @torch.inference_mode()
@@ -744,10 +767,11 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
             draws = self.module.sample(
                 batch["counts"], batch["library"], batch["edge_index"], len(rows),
                 n_samples=n_samples, sampler=sampler, n_steps=n_steps, generator=generator,
+                **_expression_inputs(batch),
             ).float().cpu()
             if self.module.objective == "hybrid":  # the one-pass estimate; the samples give the spread
                 mean[rows] = self.module.predict(
-                    batch["counts"], batch["library"], batch["edge_index"], len(rows)
+                    batch["counts"], batch["library"], batch["edge_index"], len(rows), **_expression_inputs(batch)
                 ).float().cpu().numpy()
             else:
                 mean[rows] = draws.mean(0).numpy()
@@ -784,7 +808,8 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
         loader = self._neighborhood_loader(adata, batch_size)
         out = []
         for batch in loader:
-            z = self.module.encode(batch["counts"], batch["library"], batch["edge_index"], len(batch["row"]))
+            z = self.module.encode(batch["counts"], batch["library"], batch["edge_index"], len(batch["row"]),
+                                   **_expression_inputs(batch))
             out.append(z.float().cpu().numpy())
         return np.concatenate(out, axis=0)
 
@@ -847,6 +872,26 @@ def _gene_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     std = np.nanstd(x, axis=0)
     std = np.where(std > 1e-6, std, 1.0)
     return mean.astype(np.float32), std.astype(np.float32)
+
+
+def _expression_inputs(batch: dict) -> dict:
+    """The expression-neighbour tensors of a batch, as keyword arguments of the module's methods."""
+    return {"expression_counts": batch.get(BATCH_KEYS.EXPRESSION_COUNTS),
+            "expression_library": batch.get(BATCH_KEYS.EXPRESSION_LIBRARY)}
+
+
+def _spot_feature_stats(counts, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and sd over spots of the summaries of :meth:`STMCDIModule.spot_summary`, all observed entries visible."""
+    c = np.asarray(counts.toarray() if sp.issparse(counts) else counts, dtype=np.float64)
+    obs = ~np.isnan(x)
+    n = np.maximum(obs.sum(axis=1), 1)
+    c = np.where(obs, np.nan_to_num(c, nan=0.0), 0.0)
+    feats = np.column_stack([
+        np.where(obs, x, 0.0).sum(axis=1) / n,
+        (c > 0).sum(axis=1) / n,
+        np.log1p(c.sum(axis=1) / n),
+    ])
+    return feats.mean(axis=0).astype(np.float32), feats.std(axis=0).astype(np.float32)
 
 
 def _check_observed(adata: AnnData, miss: sp.csr_matrix, what: str) -> None:

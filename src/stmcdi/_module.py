@@ -16,6 +16,9 @@ MaskStrategy = Literal["entries", "nonzero", "spots", "genes"]
 EncoderChoice = Literal["gcn", "gat", "gin", "mlp", "none"]
 Objective = Literal["diffusion", "mae", "hybrid"]
 
+#: Number of per-spot summaries of :meth:`STMCDIModule.spot_summary`.
+N_SPOT_FEATURES = 3
+
 #: Default number of DDIM steps of :meth:`STMCDIModule.sample` (capped at ``n_diffusion_steps``).
 DDIM_STEPS = 10
 
@@ -94,6 +97,26 @@ class STMCDIModule(BaseModuleClass):
     dropout
         Dropout between encoder layers. On the 262-spot mouse olfactory bulb the read-out over-fitted after
         ~300 steps without it; with 0.3 it held its accuracy over 2000 steps (docs/benchmarks.md).
+    spot_features
+        Give the network three summaries of each spot's visible entries (:meth:`spot_summary`: their mean
+        log-normalised value, their detected fraction and the log of their mean count). A small MLP turns them
+        into one offset shared by all genes of the spot (on the scaled axis, so it moves each gene by its own
+        sd), added to the read-out :math:`\hat x`; the denoiser reads them beside the spatial code. On shallow
+        sections the value a random hidden entry takes depends on the spot's capture depth, which is a ratio
+        (a mean over the visible entries, whose number the training mask varies) that the linear first layers
+        of the encoder cannot form; per-gene fits of it are noisy on a few hundred spots, the shared offset
+        pools them (docs/benchmarks.md, "Spot summaries"). ``False`` is the ablation.
+    spot_feature_stats
+        ``(mean, sd)`` of the three summaries over the spots, used to standardise them (:class:`~stmcdi.STMCDI`
+        computes them from the observed entries); default ``(0, 1)``.
+    expression_profile
+        Condition on each spot's **expression profile** :math:`s`: the mean scaled value, gene by gene, of the
+        spot's nearest spots in expression space (their observed entries; the batches carry their counts, see
+        :class:`~stmcdi.STMCDI`'s ``n_expression_neighbors``). It is a fifth feature of every gene token, and
+        :math:`a_g s_g` (a learned weight per gene, starting at 0.5) joins the read-out. The spatial
+        neighbours of a shallow section say little about a random hidden entry; spots alike in expression,
+        wherever they lie, say more (MAGIC's and low-rank completion's signal; docs/benchmarks.md,
+        "Expression neighbours").
 
     Examples
     --------
@@ -151,6 +174,9 @@ class STMCDIModule(BaseModuleClass):
         objective: Objective = "hybrid",
         point_fraction: float = 0.25,
         dropout: float = 0.3,
+        spot_features: bool = True,
+        spot_feature_stats: tuple[np.ndarray, np.ndarray] | None = None,
+        expression_profile: bool = False,
     ):
         super().__init__()
         if objective not in ("diffusion", "mae", "hybrid"):
@@ -181,6 +207,8 @@ class STMCDIModule(BaseModuleClass):
         self.n_diffusion_steps = n_diffusion_steps
         self.objective = objective
         self.point_fraction = float(point_fraction)
+        self.spot_features = bool(spot_features)
+        self.expression_profile = bool(expression_profile)
         # step index of the one-pass task: 0 for the control (kept for saved models), its own index for "hybrid"
         self.point_step = n_diffusion_steps if objective == "hybrid" else 0
 
@@ -193,6 +221,13 @@ class STMCDIModule(BaseModuleClass):
         self.register_buffer(
             "x0_high", (torch.as_tensor(upper, dtype=torch.float32) - self.gene_mean) / self.gene_std
         )
+        f_mean, f_std = (np.zeros(N_SPOT_FEATURES), np.ones(N_SPOT_FEATURES)) if spot_feature_stats is None \
+            else spot_feature_stats
+        self.register_buffer("spot_feature_mean", torch.as_tensor(np.asarray(f_mean), dtype=torch.float32))
+        self.register_buffer(
+            "spot_feature_std", torch.as_tensor(np.maximum(np.asarray(f_std, dtype=np.float64), 1e-6),
+                                                dtype=torch.float32)
+        )
         betas = quadratic_beta_schedule(n_diffusion_steps, beta_start, beta_end)
         alpha_bar = torch.cumprod(1.0 - betas, dim=0)
         self.register_buffer("betas", betas.float())
@@ -204,9 +239,19 @@ class STMCDIModule(BaseModuleClass):
         else:
             self.encoder = SpatialEncoder(n_genes, n_encoder_hidden, n_latent, n_encoder_layers, encoder, dropout)
             self.readout = torch.nn.Linear(n_latent, n_genes)
+        n_feat = N_SPOT_FEATURES if self.spot_features else 0
+        # spot summaries -> one offset shared by the spot's genes (added to the read-out)
+        self.spot_offset = (
+            torch.nn.Sequential(torch.nn.Linear(n_feat, 32), torch.nn.GELU(), torch.nn.Linear(32, 1))
+            if self.spot_features and encoder != "none" else None
+        )
+        # per-gene weight of the expression profile in the read-out
+        self.expression_weight = (
+            torch.nn.Parameter(torch.full((n_genes,), 0.5)) if self.expression_profile and encoder != "none" else None
+        )
         self.denoiser = GeneDenoiser(
             n_genes,
-            n_spatial=0 if encoder == "none" else n_latent,
+            n_spatial=(0 if encoder == "none" else n_latent) + n_feat,
             n_channels=n_channels,
             n_layers=n_layers,
             n_heads=n_heads,
@@ -214,6 +259,7 @@ class STMCDIModule(BaseModuleClass):
             n_latents=n_latents,
             n_context=n_context,
             genes_per_token=genes_per_token,
+            n_token_features=5 if self.expression_profile else 4,
         )
 
     # ----------------------------------------------------------------------------- scaling
@@ -335,6 +381,76 @@ class STMCDIModule(BaseModuleClass):
                 target = target | (first & empty[:, None])
         return target
 
+    def spot_summary(self, counts: torch.Tensor, x: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+        r"""Standardised summaries of each spot's visible entries.
+
+        The three summaries are the mean log-normalised value of the visible entries, the fraction of them
+        that is nonzero, and :math:`\log(1 + \bar c)` with :math:`\bar c` their mean count. Each is a mean
+        over the visible entries, so it does not depend on how many are hidden. They are standardised with
+        ``spot_feature_mean`` and ``spot_feature_std``.
+
+        Parameters
+        ----------
+        counts
+            ``(B, G)`` counts; NaN at missing entries (only visible entries are read).
+        x
+            ``(B, G)`` scaled values (:meth:`scale`); only visible entries are read.
+        visible
+            ``(B, G)`` float or boolean indicator of the entries to summarise.
+
+        Returns
+        -------
+        ``(B, 3)`` tensor in ``x``'s dtype. A spot with no visible entry gets the summaries of zeros.
+
+        Examples
+        --------
+        >>> import numpy as np, torch
+        >>> module = STMCDIModule(3, np.zeros(3), np.ones(3), 4.0)
+        >>> counts = torch.tensor([[1.0, 0.0, float("nan")]])
+        >>> x = module.scale(counts, torch.tensor([1.0]))
+        >>> module.spot_summary(counts, torch.nan_to_num(x), ~torch.isnan(counts))  # log1p(4)/2, 1/2, log1p(1/2)
+        tensor([[0.8047, 0.5000, 0.4055]])
+        """
+        vis = visible.to(x.dtype)
+        n = vis.sum(dim=1).clamp_min(1.0)
+        c = torch.nan_to_num(counts, nan=0.0).to(x.dtype) * vis
+        mean_value = (self.unscale(x) * vis).sum(dim=1) / n
+        detected = ((c > 0).to(x.dtype)).sum(dim=1) / n
+        mean_count = torch.log1p(c.sum(dim=1) / n)
+        feats = torch.stack([mean_value, detected, mean_count], dim=1)
+        return (feats - self.spot_feature_mean) / self.spot_feature_std
+
+    def expression_summary(self, expression_counts: torch.Tensor, expression_library: torch.Tensor, n_seed: int):
+        r"""Expression profile :math:`s` of each spot: its expression neighbours' mean scaled value per gene.
+
+        Parameters
+        ----------
+        expression_counts
+            ``(B * m, G)`` counts of the ``m`` expression neighbours of each of the ``B`` spots (spot ``i``'s
+            are rows ``i*m .. i*m + m - 1``); NaN at missing entries.
+        expression_library
+            ``(B * m,)`` their library sizes.
+        n_seed
+            ``B``.
+
+        Returns
+        -------
+        ``(B, G)`` tensor on the scaled axis of :meth:`scale`: the mean over the neighbours that observe the
+        gene, 0 (the gene's mean) where none does.
+
+        Examples
+        --------
+        >>> import numpy as np, torch
+        >>> module = STMCDIModule(2, np.zeros(2), np.ones(2), 4.0, expression_profile=True)
+        >>> counts = torch.tensor([[1.0, 0.0], [3.0, float("nan")]])  # one spot, two neighbours
+        >>> module.expression_summary(counts, torch.tensor([1.0, 3.0]), n_seed=1)  # log1p(4), and log1p(0)
+        tensor([[1.6094, 0.0000]])
+        """
+        xe = self.scale(expression_counts, expression_library).view(n_seed, -1, self.n_genes)
+        obs = ~torch.isnan(xe)
+        n = obs.sum(dim=1).clamp_min(1)
+        return torch.nan_to_num(xe, nan=0.0).sum(dim=1) / n
+
     # ----------------------------------------------------------------------------- scvi contract
     def _get_inference_input(self, tensors: dict[str, torch.Tensor], **kwargs) -> dict:
         return {
@@ -342,6 +458,8 @@ class STMCDIModule(BaseModuleClass):
             "library": tensors[BATCH_KEYS.LIBRARY],
             "edge_index": tensors[BATCH_KEYS.EDGE_INDEX],
             "n_seed": tensors[BATCH_KEYS.ROW].shape[0],
+            "expression_counts": tensors.get(BATCH_KEYS.EXPRESSION_COUNTS),
+            "expression_library": tensors.get(BATCH_KEYS.EXPRESSION_LIBRARY),
         }
 
     @auto_move_data
@@ -353,6 +471,8 @@ class STMCDIModule(BaseModuleClass):
         n_seed: int,
         target: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        expression_counts: torch.Tensor | None = None,
+        expression_library: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         r"""Choose targets, hide them, encode the neighbourhood and the visible part.
 
@@ -375,6 +495,9 @@ class STMCDIModule(BaseModuleClass):
             Boolean ``(B, G)`` entries to predict; ``None`` draws them with :meth:`sample_targets`.
         generator
             Random generator for the target draw and the representation mask (``None``: torch's global one).
+        expression_counts, expression_library
+            Counts and library sizes of the spots' expression neighbours (:meth:`expression_summary`);
+            required with ``expression_profile``, ignored without.
 
         Returns
         -------
@@ -384,12 +507,17 @@ class STMCDIModule(BaseModuleClass):
         - ``"target"``: boolean ``(B, G)`` targets;
         - ``"cond"``: ``(B, G)`` condition indicator, 1.0 at observed entries that are not targets;
         - ``"z"``: ``(B, n_latent)`` spatial code (``None`` for ``encoder="none"``);
-        - ``"readout"``: ``(B, G)`` per-gene read-out :math:`\hat x` of ``z`` (zeros without an encoder);
+        - ``"z_in"``: ``(B, n_spatial)`` what the denoiser reads per spot: ``z`` and the spot summaries
+          (:meth:`spot_summary`) side by side, either alone, or ``None`` without both;
+        - ``"readout"``: ``(B, G)`` per-gene read-out :math:`\hat x` of ``z``, plus the spot offset with
+          ``spot_features`` (zeros without an encoder);
         - ``"x_hat"``: the read-out the denoiser sees (``representation_mask_ratio`` of it zeroed in
           training);
         - ``"base"``: ``(B, G)`` what the diffusion is relative to: the detached read-out when ``residual``,
           else zeros;
-        - ``"context"``: ``(B, n_context, n_channels)`` tokens of the conditioner.
+        - ``"context"``: ``(B, n_context, n_channels)`` tokens of the conditioner;
+        - ``"profile"``: ``(B, G)`` expression profile (:meth:`expression_summary`), or ``None`` without
+          ``expression_profile``.
 
         Examples
         --------
@@ -400,7 +528,7 @@ class STMCDIModule(BaseModuleClass):
         >>> edge_index = torch.tensor([[1], [0]])  # node 1 is node 0's neighbour
         >>> out = module.inference(counts, library, edge_index, n_seed=1)
         >>> sorted(out)
-        ['base', 'cond', 'context', 'readout', 'target', 'x', 'x_hat', 'z']
+        ['base', 'cond', 'context', 'profile', 'readout', 'target', 'x', 'x_hat', 'z', 'z_in']
         >>> out["x"].shape, out["z"].shape, out["context"].shape
         (torch.Size([1, 6]), torch.Size([1, 4]), torch.Size([1, 16, 8]))
         >>> bool(out["target"][0, 1]), out["cond"][0, 1].item()  # a missing entry: neither target nor condition
@@ -422,12 +550,25 @@ class STMCDIModule(BaseModuleClass):
         x_seed = x[:n_seed]
         cond_f = cond.to(x.dtype)
 
+        feats = self.spot_summary(counts[:n_seed], x_seed, cond_f) if self.spot_features else None
+        profile = None
+        if self.expression_profile:
+            if expression_counts is None or expression_library is None:
+                raise ValueError(
+                    "This module conditions on expression neighbours (expression_profile=True): pass "
+                    "`expression_counts` and `expression_library` (batches built with n_expression_neighbors > 0)."
+                )
+            profile = self.expression_summary(expression_counts, expression_library, n_seed).to(x.dtype)
         if self.encoder is None:
             z = None
             readout = torch.zeros_like(x_seed)
         else:
             z = self.encoder(torch.cat([x * visible_f, visible_f], dim=-1), edge_index)[:n_seed]
             readout = self.readout(z)
+            if self.spot_offset is not None:
+                readout = readout + self.spot_offset(feats)
+            if self.expression_weight is not None:
+                readout = readout + self.expression_weight * profile
         x_hat = readout
         if self.training and self.representation_mask_ratio > 0:
             keep = torch.rand(x_hat.shape, device=x_hat.device, generator=generator)
@@ -435,15 +576,20 @@ class STMCDIModule(BaseModuleClass):
         # the residual is taken from the un-remasked read-out, detached: the read-out learns from its own loss
         base = readout.detach() if self.residual else torch.zeros_like(x_seed)
         context = self.denoiser.context(x_seed, cond_f)
+        # what the denoiser reads per spot: the spatial code and the spot summaries
+        if feats is not None:
+            z_in = feats if z is None else torch.cat([z, feats], dim=1)
+        else:
+            z_in = z
         return {
-            "x": x_seed, "target": target, "cond": cond_f, "z": z, "x_hat": x_hat, "readout": readout,
-            "base": base, "context": context,
+            "x": x_seed, "target": target, "cond": cond_f, "z": z, "z_in": z_in, "x_hat": x_hat,
+            "readout": readout, "base": base, "context": context, "profile": profile,
         }
 
     def _get_generative_input(self, tensors, inference_outputs, **kwargs) -> dict:
         return dict(inference_outputs)
 
-    def denoise(self, x_t, t, x, target, cond, z, x_hat, context) -> torch.Tensor:
+    def denoise(self, x_t, t, x, target, cond, z, x_hat, context, profile=None) -> torch.Tensor:
         r"""Predicted noise at every entry, from the noisy targets and the condition.
 
         Parameters
@@ -457,11 +603,14 @@ class STMCDIModule(BaseModuleClass):
         target, cond
             ``(B, G)`` float indicators of the target and condition entries.
         z
-            ``(B, n_latent)`` spatial code, or ``None``.
+            ``(B, n_spatial)`` what the denoiser reads per spot (``"z_in"`` of :meth:`inference`: the
+            spatial code and the spot summaries), or ``None``.
         x_hat
             ``(B, G)`` read-out of the spatial code.
         context
             ``(B, n_context, n_channels)`` conditioner tokens.
+        profile
+            ``(B, G)`` expression profile (a fifth token feature), or ``None``.
 
         Returns
         -------
@@ -475,12 +624,12 @@ class STMCDIModule(BaseModuleClass):
         >>> inf = module.inference(counts, counts.sum(1), torch.tensor([[1], [0]]), n_seed=1)
         >>> x_t, t = torch.randn(1, 6), torch.tensor([10])
         >>> eps = module.denoise(
-        ...     x_t, t, inf["x"], inf["target"].float(), inf["cond"], inf["z"], inf["x_hat"], inf["context"]
+        ...     x_t, t, inf["x"], inf["target"].float(), inf["cond"], inf["z_in"], inf["x_hat"], inf["context"]
         ... )
         >>> eps.shape
         torch.Size([1, 6])
         """
-        return self.denoiser(x_t * target, x, cond, x_hat, z, t, context)
+        return self.denoiser(x_t * target, x, cond, x_hat, z, t, context, profile)
 
     @auto_move_data
     def generative(
@@ -488,11 +637,12 @@ class STMCDIModule(BaseModuleClass):
         x: torch.Tensor,
         target: torch.Tensor,
         cond: torch.Tensor,
-        z: torch.Tensor | None,
+        z_in: torch.Tensor | None,
         x_hat: torch.Tensor,
         base: torch.Tensor,
         context: torch.Tensor,
         generator: torch.Generator | None = None,
+        profile: torch.Tensor | None = None,
         **kwargs,
     ) -> dict[str, torch.Tensor]:
         r"""Noise the targets (their residual from ``base``) at a random step and predict the noise.
@@ -509,8 +659,9 @@ class STMCDIModule(BaseModuleClass):
             ``(B, G)`` target indicator (boolean or float).
         cond
             ``(B, G)`` float condition indicator.
-        z
-            ``(B, n_latent)`` spatial code, or ``None``.
+        z_in
+            ``(B, n_spatial)`` what the denoiser reads per spot: the spatial code and the spot summaries
+            (``"z_in"`` of :meth:`inference`), or ``None``.
         x_hat
             ``(B, G)`` read-out given to the denoiser.
         base
@@ -519,8 +670,10 @@ class STMCDIModule(BaseModuleClass):
             ``(B, n_context, n_channels)`` conditioner tokens.
         generator
             Random generator for the steps and the noise (``None``: torch's global one).
+        profile
+            ``(B, G)`` expression profile, or ``None`` (``"profile"`` of :meth:`inference`).
         **kwargs
-            Ignored (the other outputs of :meth:`inference`, e.g. ``"readout"``).
+            Ignored (the other outputs of :meth:`inference`, e.g. ``"readout"``, ``"z"``).
 
         Returns
         -------
@@ -544,7 +697,7 @@ class STMCDIModule(BaseModuleClass):
         if self.objective == "mae":
             # one-pass control: no noise in, the "noise" to predict is the target value (residual) itself
             t = torch.zeros(b, device=x.device, dtype=torch.long)
-            pred = self.denoise(torch.zeros_like(x), t, x, tf, cond, z, x_hat, context)
+            pred = self.denoise(torch.zeros_like(x), t, x, tf, cond, z_in, x_hat, context, profile)
             return {"eps": pred, "noise": x - base, "t": t}
         t = torch.randint(0, self.n_diffusion_steps, (b,), device=x.device, generator=generator)
         noise = torch.randn(x.shape, device=x.device, generator=generator)
@@ -556,7 +709,7 @@ class STMCDIModule(BaseModuleClass):
             t = torch.where(point, torch.full_like(t, self.point_step), t)
             x_t = torch.where(point[:, None], torch.zeros_like(x_t), x_t)
             noise = torch.where(point[:, None], x - base, noise)
-        eps = self.denoise(x_t, t, x, tf, cond, z, x_hat, context)
+        eps = self.denoise(x_t, t, x, tf, cond, z_in, x_hat, context, profile)
         return {"eps": eps, "noise": noise, "t": t}
 
     def loss(self, tensors, inference_outputs, generative_outputs) -> LossOutput:
@@ -626,6 +779,8 @@ class STMCDIModule(BaseModuleClass):
         sampler: Literal["ddim", "ddpm"] = "ddim",
         n_steps: int | None = None,
         generator: torch.Generator | None = None,
+        expression_counts: torch.Tensor | None = None,
+        expression_library: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Fill the missing entries of the first ``n_seed`` spots by reverse diffusion.
 
@@ -656,6 +811,9 @@ class STMCDIModule(BaseModuleClass):
         generator
             Random generator for the noise; the noise is drawn on its device (CPU when ``None``, with
             torch's global generator), so a seed gives the same samples on any accelerator.
+        expression_counts, expression_library
+            Counts and library sizes of the spots' expression neighbours; required with
+            ``expression_profile`` (see :meth:`inference`).
 
         Returns
         -------
@@ -677,11 +835,13 @@ class STMCDIModule(BaseModuleClass):
         >>> bool((samples[:, 0, 0] == samples[0, 0, 0]).all())  # an observed entry keeps its value
         True
         """
-        inf = self.inference(counts, library, edge_index, n_seed, target=torch.isnan(counts[:n_seed]))
+        inf = self.inference(counts, library, edge_index, n_seed, target=torch.isnan(counts[:n_seed]),
+                             expression_counts=expression_counts, expression_library=expression_library)
         s = int(n_samples)
         rep = lambda v: None if v is None else v.repeat_interleave(s, dim=0)
         x, target, cond = rep(inf["x"]), rep(inf["target"]).to(inf["x"].dtype), rep(inf["cond"])
-        z, x_hat, context, base = rep(inf["z"]), rep(inf["x_hat"]), rep(inf["context"]), rep(inf["base"])
+        z, x_hat, context, base = rep(inf["z_in"]), rep(inf["x_hat"]), rep(inf["context"]), rep(inf["base"])
+        profile = rep(inf["profile"])
         # noise drawn on the generator's device (CPU by default) so results do not depend on the accelerator
         gen_device = generator.device if generator is not None else torch.device("cpu")
         randn = lambda: torch.randn(x.shape, generator=generator, device=gen_device).to(x.device)
@@ -692,11 +852,11 @@ class STMCDIModule(BaseModuleClass):
         if sampler not in ("ddim", "ddpm"):
             raise ValueError(f"sampler must be 'ddim' or 'ddpm', got {sampler!r}.")
         if self.objective == "mae":  # one deterministic pass: every sample is the same
-            xt = self._one_pass(x, target, cond, z, x_hat, context, base)
+            xt = self._one_pass(x, target, cond, z, x_hat, context, base, profile)
         elif sampler == "ddpm":
             for t in range(self.n_diffusion_steps - 1, -1, -1):
                 tt = torch.full((n,), t, device=x.device, dtype=torch.long)
-                eps = self.denoise(xt, tt, x, target, cond, z, x_hat, context)
+                eps = self.denoise(xt, tt, x, target, cond, z, x_hat, context, profile)
                 beta, ab = self.betas[t], self.alpha_bar[t]
                 x0 = clip((xt - (1.0 - ab).sqrt() * eps) / ab.sqrt())
                 if t > 0:
@@ -711,7 +871,7 @@ class STMCDIModule(BaseModuleClass):
             steps = ddim_timesteps(self.n_diffusion_steps, n_steps or min(DDIM_STEPS, self.n_diffusion_steps))
             for i, t in enumerate(steps):
                 tt = torch.full((n,), t, device=x.device, dtype=torch.long)
-                eps = self.denoise(xt, tt, x, target, cond, z, x_hat, context)
+                eps = self.denoise(xt, tt, x, target, cond, z, x_hat, context, profile)
                 ab = self.alpha_bar[t]
                 x0 = clip((xt - (1.0 - ab).sqrt() * eps) / ab.sqrt())
                 if i + 1 < len(steps):
@@ -726,7 +886,15 @@ class STMCDIModule(BaseModuleClass):
 
     @torch.inference_mode()
     @auto_move_data
-    def predict(self, counts: torch.Tensor, library: torch.Tensor, edge_index: torch.Tensor, n_seed: int) -> torch.Tensor:
+    def predict(
+        self,
+        counts: torch.Tensor,
+        library: torch.Tensor,
+        edge_index: torch.Tensor,
+        n_seed: int,
+        expression_counts: torch.Tensor | None = None,
+        expression_library: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """One-pass point estimate of the missing entries of the first ``n_seed`` spots.
 
         Runs the denoiser once on the one-pass task it learned with ``objective="hybrid"`` or ``"mae"``: no
@@ -744,6 +912,9 @@ class STMCDIModule(BaseModuleClass):
             int64 ``(2, E)`` local edges, source -> target.
         n_seed
             Number of spots to fill: nodes ``0 .. n_seed-1``.
+        expression_counts, expression_library
+            Counts and library sizes of the spots' expression neighbours; required with
+            ``expression_profile`` (see :meth:`inference`).
 
         Returns
         -------
@@ -768,21 +939,23 @@ class STMCDIModule(BaseModuleClass):
                 "This model was trained with objective='diffusion' only; it has no one-pass predictor. "
                 "Use sample() (or train with objective='hybrid')."
             )
-        inf = self.inference(counts, library, edge_index, n_seed, target=torch.isnan(counts[:n_seed]))
+        inf = self.inference(counts, library, edge_index, n_seed, target=torch.isnan(counts[:n_seed]),
+                             expression_counts=expression_counts, expression_library=expression_library)
         x, target, base = inf["x"], inf["target"], inf["base"]
-        r = self._one_pass(x, target.to(x.dtype), inf["cond"], inf["z"], inf["x_hat"], inf["context"], base)
+        r = self._one_pass(x, target.to(x.dtype), inf["cond"], inf["z_in"], inf["x_hat"], inf["context"], base,
+                           inf["profile"])
         filled = torch.where(target, base + r, x)
         return self.unscale(filled).clamp_min(0.0)
 
-    def _one_pass(self, x, target, cond, z, x_hat, context, base) -> torch.Tensor:
+    def _one_pass(self, x, target, cond, z, x_hat, context, base, profile=None) -> torch.Tensor:
         """The one-pass task's residual (no noise in, step ``point_step``), clipped to the data range."""
         tt = torch.full((x.shape[0],), self.point_step, device=x.device, dtype=torch.long)
-        r = self.denoise(torch.zeros_like(x), tt, x, target, cond, z, x_hat, context)
+        r = self.denoise(torch.zeros_like(x), tt, x, target, cond, z, x_hat, context, profile)
         return torch.maximum(torch.minimum(base + r, self.x0_high), self.x0_low) - base
 
     @torch.inference_mode()
     @auto_move_data
-    def encode(self, counts, library, edge_index, n_seed: int) -> torch.Tensor:
+    def encode(self, counts, library, edge_index, n_seed: int, expression_counts=None, expression_library=None):
         """Spatial code :math:`z` of the first ``n_seed`` spots, every observed entry visible.
 
         Parameters
@@ -796,6 +969,9 @@ class STMCDIModule(BaseModuleClass):
             int64 ``(2, E)`` local edges, source -> target.
         n_seed
             Number of spots to encode: nodes ``0 .. n_seed-1``.
+        expression_counts, expression_library
+            Counts and library sizes of the spots' expression neighbours; required with
+            ``expression_profile`` (see :meth:`inference`).
 
         Returns
         -------
@@ -816,5 +992,6 @@ class STMCDIModule(BaseModuleClass):
         """
         if self.encoder is None:
             raise ValueError("This model has encoder='none': it has no spatial representation.")
-        inf = self.inference(counts, library, edge_index, n_seed, target=torch.isnan(counts[:n_seed]))
+        inf = self.inference(counts, library, edge_index, n_seed, target=torch.isnan(counts[:n_seed]),
+                             expression_counts=expression_counts, expression_library=expression_library)
         return inf["z"]

@@ -9,13 +9,16 @@ from stmcdi.benchmark import ABLATIONS, ablation, compare
 def test_every_study_names_real_module_arguments():
     import inspect
 
-    params = set(inspect.signature(stmcdi.STMCDIModule).parameters)
+    params = set(inspect.signature(stmcdi.STMCDIModule).parameters) | set(inspect.signature(stmcdi.STMCDI).parameters)
     for study, variants in ABLATIONS.items():
         assert len(variants) >= 2, study
         for kwargs in variants.values():
             assert set(kwargs) <= params, (study, kwargs)
     assert set(ABLATIONS["encoder"]) == {"gcn", "gat", "gin", "mlp", "none"}
     assert set(ABLATIONS["mask-strategy"]) == {"entries", "spots", "genes"}
+    conditions = ABLATIONS["conditions"]
+    assert {(v["n_expression_neighbors"] > 0, v["spot_features"]) for v in conditions.values()} == {
+        (True, True), (True, False), (False, True), (False, False)}
 
 
 def test_ablation_variants_share_splits_and_differ():

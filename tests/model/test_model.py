@@ -36,6 +36,48 @@ def test_setup_registers_and_is_idempotent():
     assert "STMCDI model: 40 genes, 5 spatial neighbours" in model._model_summary_string
 
 
+def test_spot_feature_statistics_come_from_the_observed_entries():
+    _, held = held_out()
+    a = held.adata
+    STMCDI.setup_anndata(a)
+    model = STMCDI(a, **SMALL)
+    lognorm = stmcdi.pp.normalize(a, copy=True)
+    counts = a.X.toarray()
+    obs = ~np.isnan(lognorm)
+    n = obs.sum(1)
+    summaries = np.column_stack([np.nansum(lognorm, 1) / n, ((counts > 0) & obs).sum(1) / n,
+                                 np.log1p(np.nansum(np.where(obs, counts, np.nan), 1) / n)])
+    np.testing.assert_allclose(model.module.spot_feature_mean.numpy(), summaries.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(model.module.spot_feature_std.numpy(), summaries.std(0), rtol=1e-5)
+    # the module's summaries of a fully visible batch are these, standardised: mean 0, sd 1 over the spots
+    c = torch.as_tensor(np.where(obs, counts, np.nan), dtype=torch.float32)
+    lib = torch.nan_to_num(c).sum(1)
+    x = torch.nan_to_num(model.module.scale(c, lib))
+    f = model.module.spot_summary(c, x, torch.as_tensor(obs)).numpy()
+    np.testing.assert_allclose(f.mean(0), 0.0, atol=1e-4)
+    np.testing.assert_allclose(f.std(0), 1.0, atol=1e-3)
+    assert "spot_feature_stats" not in model.init_params_["kwargs"]["module_kwargs"]  # recomputed, not saved
+    assert STMCDI(a, spot_features=False, **SMALL).module.spot_offset is None
+
+
+def test_expression_neighbours_option():
+    _, held = held_out()
+    a = held.adata
+    STMCDI.setup_anndata(a)
+    model = STMCDI(a, **SMALL)
+    assert model.n_expression_neighbors == 20 and model.module.expression_profile
+    assert "expression neighbours=20" in model._model_summary_string
+    batch = next(iter(model._neighborhood_loader(a, 16)))
+    assert batch["expression_counts"].shape == (16 * 20, 40)
+    off = STMCDI(a, n_expression_neighbors=0, **SMALL)
+    assert not off.module.expression_profile and off.module.denoiser.n_token_features == 4
+    assert "expression_counts" not in next(iter(off._neighborhood_loader(a, 16)))
+    assert STMCDI(a, n_expression_neighbors=500, **SMALL).n_expression_neighbors == a.n_obs - 1
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ValueError, match="n_expression_neighbors"):
+            STMCDI(a, n_expression_neighbors=bad, **SMALL)
+
+
 def test_train_impute_writes_layers_and_keeps_observed():
     _, held = held_out()
     a = held.adata

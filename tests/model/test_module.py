@@ -139,3 +139,89 @@ def test_encoder_none_has_no_spatial_path():
 def test_module_bad_arguments(kw, match):
     with pytest.raises(ValueError, match=match):
         make_module(**kw)
+
+
+def test_spot_summary_is_a_mean_over_visible_entries():
+    mod = make_module(g=8)
+    counts = torch.tensor([[2.0, 0.0, 5.0, 1.0] * 2, [9.0, 9.0, 0.0, 0.0] * 2])
+    library = counts.sum(1)
+    x = mod.scale(counts, library)
+    every = torch.ones_like(counts, dtype=torch.bool)
+    half = every.clone()
+    half[:, 4:] = False  # the hidden half repeats the visible half: the summaries must not move
+    torch.testing.assert_close(mod.spot_summary(counts, x, every), mod.spot_summary(counts, x, half))
+    f = mod.spot_summary(counts, x, every)
+    lognorm = torch.log1p(counts * 100.0 / library[:, None])
+    torch.testing.assert_close(f[:, 0], lognorm.mean(1))
+    torch.testing.assert_close(f[:, 1], torch.tensor([0.75, 0.5]))
+    torch.testing.assert_close(f[:, 2], torch.log1p(counts.mean(1)))
+    # missing entries (NaN counts) and hidden entries are never read
+    nan = counts.clone()
+    nan[:, 4:] = float("nan")
+    torch.testing.assert_close(mod.spot_summary(nan, torch.nan_to_num(mod.scale(nan, library)), half), f)
+    # standardised with the module's statistics
+    std = make_module(g=8, spot_feature_stats=(np.array([1.0, 0.5, 1.0]), np.array([2.0, 0.25, 1.0])))
+    torch.testing.assert_close(std.spot_summary(counts, x, every),
+                               (f - torch.tensor([1.0, 0.5, 1.0])) / torch.tensor([2.0, 0.25, 1.0]))
+
+
+def test_spot_offset_is_shared_by_the_genes_of_a_spot():
+    mod = make_module(g=12).eval()
+    torch.nn.init.zeros_(mod.readout.weight)
+    torch.nn.init.zeros_(mod.readout.bias)  # only the spot offset is left in the read-out
+    b = batch(g=12)
+    b["counts"][1] = b["counts"][1] * 0  # a spot with nothing detected has other summaries than spot 0
+    b["counts"][1, :6] = 1.0
+    inf = mod.inference(b["counts"], torch.nan_to_num(b["counts"]).sum(1), b["edge_index"], 2)
+    r = inf["readout"]
+    torch.testing.assert_close(r, r[:, :1].expand_as(r))  # one value per spot
+    assert not torch.isclose(r[0, 0], r[1, 0])
+    assert inf["z_in"].shape == (2, 4 + 3)  # spatial code and the 3 summaries
+    torch.testing.assert_close(inf["z_in"][:, :4], inf["z"])
+
+
+def test_spot_features_off_is_the_network_without_them():
+    mod = make_module(spot_features=False)
+    assert mod.spot_offset is None and mod.denoiser.spatial_in.in_features == 4
+    b = batch()
+    inf = mod.inference(b["counts"], b["library"], b["edge_index"], 2)
+    assert inf["z_in"] is inf["z"]
+    none = make_module(encoder="none")  # no spatial input: the denoiser still reads the spot's own summaries
+    assert none.spot_offset is None and none.denoiser.spatial_in.in_features == 3
+    inf = none.inference(b["counts"], b["library"], b["edge_index"], 2)
+    assert inf["z"] is None and inf["z_in"].shape == (2, 3)
+    assert make_module(encoder="none", spot_features=False).denoiser.spatial_in is None
+
+
+def test_expression_profile_is_the_neighbours_mean_and_is_required():
+    mod = make_module(expression_profile=True)
+    assert mod.denoiser.n_token_features == 5 and mod.expression_weight.shape == (12,)
+    b = batch()
+    gen = torch.Generator().manual_seed(5)
+    expr = torch.poisson(torch.full((2 * 3, 12), 2.0), generator=gen)  # 3 neighbours for each of 2 spots
+    expr[0, :6] = float("nan")  # the first neighbour of spot 0 does not observe genes 0-5
+    lib = torch.nan_to_num(expr).sum(1)
+    inf = mod.inference(b["counts"], b["library"], b["edge_index"], 2, expression_counts=expr, expression_library=lib)
+    x = torch.nan_to_num(mod.scale(expr, lib))
+    torch.testing.assert_close(inf["profile"][0, :6], x[1:3, :6].mean(0))
+    torch.testing.assert_close(inf["profile"][0, 6:], x[0:3, 6:].mean(0))
+    torch.testing.assert_close(inf["profile"][1], x[3:6].mean(0))
+    # the profile enters the read-out with its per-gene weight
+    with torch.no_grad():
+        mod.expression_weight.zero_()
+    fixed = torch.isnan(b["counts"][:2])
+    r0 = mod.eval().inference(b["counts"], b["library"], b["edge_index"], 2, target=fixed, expression_counts=expr,
+                              expression_library=lib)["readout"]
+    with torch.no_grad():
+        mod.expression_weight.fill_(2.0)
+    r2 = mod.inference(b["counts"], b["library"], b["edge_index"], 2, target=fixed, expression_counts=expr,
+                       expression_library=lib)["readout"]
+    torch.testing.assert_close(r2 - r0, 2.0 * inf["profile"])
+    # and the denoiser reads it: the one-pass estimate moves with it
+    module_batch = {"expression_counts": expr, "expression_library": lib}
+    p1 = mod.predict(b["counts"], b["library"], b["edge_index"], 2, **module_batch)
+    p2 = mod.predict(b["counts"], b["library"], b["edge_index"], 2, expression_counts=expr * 3, expression_library=lib)
+    assert not torch.allclose(p1, p2)
+    with pytest.raises(ValueError, match="expression_counts"):
+        mod.inference(b["counts"], b["library"], b["edge_index"], 2)
+    assert make_module().denoiser.n_token_features == 4 and make_module().expression_weight is None

@@ -23,6 +23,9 @@ from ._stmcdi import stmcdi_method
 #:   Fig. 3; default a ratio drawn uniformly from 0.1-0.9 per spot).
 #: - ``objective``: the default hybrid (one-pass estimate and diffusion spread from one network) against
 #:   diffusion alone (the paper) and the masked-autoencoder control (same network, one pass, no noise).
+#: - ``conditions``: what conditions a spot besides its own observed entries and its spatial neighbourhood:
+#:   the expression profile of its 20 nearest spots in expression space and the three summaries of its
+#:   visible entries (both by default), each alone, or neither (the paper's conditions).
 ABLATIONS: dict[str, dict[str, dict]] = {
     "mask-strategy": {
         "entries": {"mask_strategy": "entries"},
@@ -44,6 +47,12 @@ ABLATIONS: dict[str, dict[str, dict]] = {
         "hybrid": {"objective": "hybrid"},
         "diffusion": {"objective": "diffusion"},
         "mae": {"objective": "mae"},
+    },
+    "conditions": {
+        "expression + spot summaries": {"n_expression_neighbors": 20, "spot_features": True},
+        "expression neighbours only": {"n_expression_neighbors": 20, "spot_features": False},
+        "spot summaries only": {"n_expression_neighbors": 0, "spot_features": True},
+        "spatial only (paper)": {"n_expression_neighbors": 0, "spot_features": False},
     },
 }
 
@@ -71,7 +80,7 @@ def ablation(
     adata
         Annotated data with raw counts and ``obsm["spatial"]``. Not modified.
     study
-        A key of :data:`~stmcdi.benchmark.ABLATIONS`: ``"mask-strategy"``, ``"mask-phase"``, ``"encoder"``, ``"mask-ratio"`` or
+        A key of :data:`~stmcdi.benchmark.ABLATIONS`: ``"mask-strategy"``, ``"mask-phase"``, ``"encoder"``, ``"mask-ratio"``, ``"conditions"`` or
         ``"objective"``.
     variants
         Subset of the study's variants (default: all).

@@ -149,10 +149,15 @@ class GeneDenoiser(nn.Module):
         Latent tokens for ``attention="latent"``.
     n_context
         Context tokens of the conditioner.
+    genes_per_token
+        Genes per token (1: one token per gene).
+    n_token_features
+        Input features per gene: 4 (noisy target, visible value, indicator, read-out) or 5 with the
+        expression profile.
 
     Shapes
     ------
-    - x_t, value, mask, x_hat: ``(B, G)``; z: ``(B, n_spatial)``; t: ``(B,)``; context: ``(B, M, C)``;
+    - x_t, value, mask, x_hat, profile: ``(B, G)``; z: ``(B, n_spatial)``; t: ``(B,)``; context: ``(B, M, C)``;
       output: ``(B, G)``.
 
     Examples
@@ -176,8 +181,11 @@ class GeneDenoiser(nn.Module):
         n_latents: int = 16,
         n_context: int = 16,
         genes_per_token: int = 1,
+        n_token_features: int = 4,
     ):
         super().__init__()
+        if n_token_features not in (4, 5):
+            raise ValueError(f"n_token_features must be 4 or 5, got {n_token_features}.")
         if attention not in ("latent", "full"):
             raise ValueError(f"attention must be 'latent' or 'full', got {attention!r}.")
         if genes_per_token < 1:
@@ -190,7 +198,8 @@ class GeneDenoiser(nn.Module):
         self.step_mlp = nn.Sequential(
             nn.Linear(n_channels, step_dim), nn.GELU(), nn.Linear(step_dim, step_dim), nn.GELU()
         )
-        self.token_in = nn.Linear(4 * p, n_channels)
+        self.n_token_features = int(n_token_features)
+        self.token_in = nn.Linear(self.n_token_features * p, n_channels)
         self.gene_embedding = nn.Parameter(torch.randn(self.n_tokens, n_channels) * 0.02)
         self.spatial_in = nn.Linear(n_spatial, n_channels) if n_spatial > 0 else None
         self.context = Conditioner(n_genes, n_channels, n_context)
@@ -211,14 +220,20 @@ class GeneDenoiser(nn.Module):
         z: torch.Tensor | None,
         t: torch.Tensor,
         context: torch.Tensor,
+        profile: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Predict the noise at every gene (only target entries are used by the loss and the sampler)."""
         b, p = x_t.shape[0], self.genes_per_token
-        tokens = torch.stack([x_t, value * mask, mask, x_hat], dim=-1)  # (B, G, 4)
+        feats = [x_t, value * mask, mask, x_hat]
+        if self.n_token_features == 5:
+            if profile is None:
+                raise ValueError("This denoiser reads an expression profile (n_token_features=5): pass `profile`.")
+            feats.append(profile)
+        tokens = torch.stack(feats, dim=-1)  # (B, G, n_token_features)
         pad = self.n_tokens * p - self.n_genes
         if pad:
             tokens = torch.nn.functional.pad(tokens, (0, 0, 0, pad))
-        h = self.token_in(tokens.reshape(b, self.n_tokens, 4 * p)) + self.gene_embedding[None]
+        h = self.token_in(tokens.reshape(b, self.n_tokens, self.n_token_features * p)) + self.gene_embedding[None]
         if self.spatial_in is not None and z is not None:
             h = h + self.spatial_in(z)[:, None, :]
         step = self.step_mlp(timestep_embedding(t, self.n_channels))
