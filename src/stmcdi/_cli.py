@@ -31,7 +31,7 @@ def _quiet_lightning() -> None:
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and training")
-    g.add_argument("--epochs", type=int, default=None, help="training epochs (default: ~2000 optimizer steps)")
+    g.add_argument("--epochs", type=int, default=None, help="training epochs (default: ~2000 optimizer steps, at most 125 epochs)")
     g.add_argument("--batch-size", type=int, default=64, help="spots per minibatch (default 64)")
     g.add_argument("--accelerator", default="auto", help="'auto', 'cpu' or 'gpu' (default auto)")
     g.add_argument("--devices", default="auto", help="devices (default auto: one GPU if present)")

@@ -34,6 +34,8 @@ Target = Literal["missing", "zeros"]
 
 #: spread scale of a model without calibration entries (chosen on validation entries of two Ståhl sections)
 _DEFAULT_SPREAD_SCALE = 1.25
+#: Most passes over the data a default training run makes (binds on sections of fewer than ~1000 spots).
+_MAX_DEFAULT_EPOCHS = 125
 
 #: Default reverse-diffusion samples per spot of :meth:`STMCDI.impute` and :meth:`STMCDI.calibrate_spread`. With
 #: the hybrid objective the samples give only the spread (the imputed value is the one-pass estimate), and they are
@@ -324,9 +326,11 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
         ----------
         max_epochs
             Passes through the data. Default: enough epochs for about ``max_steps_default`` optimizer
-            steps, between 10 and 2000 (on the mouse olfactory bulb the diffusion's sample mean kept
-            improving up to 2000 steps while the read-out, with encoder dropout 0.3, held steady; see
-            docs/benchmarks.md).
+            steps, between 10 and 125. The cap binds on small sections: on validation entries of the two
+            ~250-spot Ståhl sections, 500 optimizer steps (100-125 epochs) gave better point estimates than
+            2000 (per-gene PCC 0.218 against 0.212 and 0.047 against 0.007), the extra passes fitting noise
+            (docs/benchmarks.md, "Training length"). Sections of more than ~1000 spots still get about
+            ``max_steps_default`` steps.
         accelerator
             ``"auto"``, ``"cpu"``, ``"gpu"``, ... (Lightning).
         devices
@@ -393,7 +397,7 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
         n_train = max(1, math.ceil(train_size * self.adata.n_obs))
         steps_per_epoch = math.ceil(n_train / batch_size)
         if max_epochs is None:
-            max_epochs = int(np.clip(round(max_steps_default / steps_per_epoch), 10, 2000))
+            max_epochs = int(np.clip(round(max_steps_default / steps_per_epoch), 10, _MAX_DEFAULT_EPOCHS))
         callbacks = list(trainer_kwargs.pop("callbacks", None) or [])  # fresh list: scvi appends to it
         if ema_decay is not None:
             total = max_epochs * steps_per_epoch
