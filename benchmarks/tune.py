@@ -8,6 +8,7 @@ entries only; the test entries are never imputed or read. The chosen configurati
 with ``stmcdi benchmark``.
 
     python benchmarks/tune.py --data ../shared/data/stahl2016_mob_rep11.h5ad --configs default steps1000 mask0.6
+    python benchmarks/tune.py --data ../shared/data/stahl2016_mob_rep11.h5ad --configs --baselines magic spot_mean
 
 Configurations are named in CONFIGS below (model arguments, train arguments).
 """
@@ -70,11 +71,13 @@ def main() -> None:
     p.add_argument("--val-protocol", default="entries",
                    help="protocol of the validation split among observed entries (default entries)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    p.add_argument("--configs", nargs="*", default=list(CONFIGS), choices=list(CONFIGS))
     p.add_argument("--panel", default="seurat_v3", choices=("seurat_v3", "cv"))
     p.add_argument("--panel-before-hold-out", action="store_true",
                    help="choose the 1000-gene panel once on all counts, held-out ones included (how the tuning "
                         "runs before 2026-11-25 were made); default: in each split, on its observed counts")
+    p.add_argument("--baselines", nargs="*", default=[],
+                   help="also score these methods on the same validation entries (BASELINES names, 'magic', 'scvi')")
     p.add_argument("--csv", default=None)
     p.add_argument("--max-epochs", type=int, default=None, help="override the training length (smoke runs)")
     args = p.parse_args()
@@ -91,6 +94,12 @@ def main() -> None:
         test = stmcdi.benchmark.hold_out(adata, args.protocol, args.ratio, seed=seed, panel=panel)
         val = stmcdi.benchmark.hold_out(test.adata, args.val_protocol, 0.1, seed=1000 + seed)
         assert not (val.mask.multiply(test.mask)).nnz  # validation entries are observed in the test split
+        methods = {**stmcdi.benchmark.BASELINES, **stmcdi.benchmark.available_extras()}
+        for name in args.baselines:
+            s = stmcdi.benchmark.score(val, methods[name](val.adata, seed=seed))
+            row = {"seed": seed, "config": name, **{k: s[k] for k in ("per_gene_pcc", "pcc", "rmse", "mae")}}
+            rows.append(row)
+            print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
         for name in args.configs:
             model_kw, train_kw = CONFIGS[name]
             if args.max_epochs is not None:
@@ -127,6 +136,9 @@ def main() -> None:
     df = pd.DataFrame(rows)
     if args.csv:
         df.to_csv(args.csv, index=False)
+    if not args.configs:  # baselines only
+        print(df.to_string(index=False))
+        return
     spread_cols = [c for c in df.columns if c.startswith(("crps_", "coverage_90_"))]
     summary = stmcdi.benchmark.summarize(df.rename(columns={"config": "method"}).assign(protocol="validation"),
                                          metrics=("per_gene_pcc", "rmse", "crps", "coverage_90", "seconds"))
