@@ -85,7 +85,7 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
         per spot.
     n_expression_neighbors
         Nearest spots in expression space (10 principal components of the observed entries,
-        :func:`~stmcdi._data.expression_neighbor_table`) whose mean profile conditions each spot
+        ``stmcdi._data.expression_neighbor_table``) whose mean profile conditions each spot
         (``expression_profile`` of :class:`~stmcdi.STMCDIModule`); at most ``n_obs - 1``. ``0`` conditions on
         the spatial neighbours alone, as the paper does. Chosen on validation entries (docs/benchmarks.md,
         "Expression neighbours").

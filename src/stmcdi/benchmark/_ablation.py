@@ -103,7 +103,7 @@ def ablation(
     >>> df = ablation(adata, "objective", model_kwargs={"n_channels": 8},  # doctest: +SKIP
     ...               train_kwargs={"max_epochs": 2}, impute_kwargs={"n_samples": 4}, min_entries=3)
     >>> sorted(ABLATIONS)
-    ['encoder', 'mask-phase', 'mask-ratio', 'mask-strategy', 'objective']
+    ['conditions', 'encoder', 'mask-phase', 'mask-ratio', 'mask-strategy', 'objective']
     """
     if study not in ABLATIONS:
         raise ValueError(f"Unknown ablation study {study!r}; choose from {sorted(ABLATIONS)}.")
