@@ -149,10 +149,8 @@ class NeighborhoodCollate:
         self.expression_table = None
         if self.n_expression_neighbors > 0:  # chosen on what the batches show as observed
             seen_missing = miss
-            if self.zeros_missing:
-                zero = self.counts.copy()
-                zero.data = np.ones_like(zero.data)
-                seen_missing = (sp.csr_matrix(np.ones(zero.shape, dtype=bool)) - zero.astype(bool)).astype(bool)
+            if self.zeros_missing:  # every entry that is not an observed nonzero count
+                seen_missing = sp.csr_matrix(self.counts.toarray() == 0)
             self.expression_table = expression_neighbor_table(counts, seen_missing, self.n_expression_neighbors)
 
     @classmethod
