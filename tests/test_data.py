@@ -39,13 +39,31 @@ def test_seeds_come_first_and_are_not_duplicated():
 
 
 def test_zero_hops_and_zeros_missing_and_mask():
-    mask = sp.csr_matrix(np.eye(5, 2, dtype=bool))
+    mask = sp.csr_matrix(([True], ([1], [1])), shape=(5, 2))
     col = NeighborhoodCollate(counts(), TABLE, n_hops=0, missing=mask, zeros_missing=True)
     out = col({"spatial_nn": TABLE[[0, 1]]})
     assert out["edge_index"].shape == (2, 0)
     c = out["counts"].numpy()
-    assert np.isnan(c[0, 0]) and np.isnan(c[1, 1]) and c[0, 1] == 1.0
+    assert c[0, 0] == 0.0 and np.isnan(c[1, 1]) and c[0, 1] == 1.0  # a zero to fill keeps its count
+    # the targets: missing entries, and the zero of spot 0
+    np.testing.assert_array_equal(out["target"].numpy(), [[True, False], [False, True]])
     np.testing.assert_allclose(out["library"].numpy(), [1.0, 2.0])
+    assert "target" not in NeighborhoodCollate(counts(), TABLE, n_hops=0)({"spatial_nn": TABLE[[0]]})
+
+
+def test_entries_to_fill_are_targets_of_their_spot_only():
+    c = counts()
+    c[1, 0] = 0.0
+    fill = np.zeros(c.shape, dtype=bool)
+    fill[0, 1] = fill[1, 0] = True  # an entry of the batch spot and one of its neighbour
+    col = NeighborhoodCollate(c, TABLE, n_hops=1, fill=sp.csr_matrix(fill))
+    out = col({"spatial_nn": TABLE[[0]]})
+    np.testing.assert_array_equal(out["target"].numpy(), [[False, True]])  # the spot's own entry
+    # both keep their counts: the spot's is hidden by the module, the neighbour shows its zero, as in training
+    np.testing.assert_array_equal(out["counts"].numpy(), [[0.0, 1.0], [0.0, 3.0]])
+    np.testing.assert_allclose(out["library"].numpy(), [1.0, 3.0])
+    with pytest.raises(ValueError, match="`fill` has shape"):
+        NeighborhoodCollate(c, TABLE, n_hops=1, fill=fill[:2])
 
 
 def test_neighbourhood_size_does_not_grow_with_section(rng):
@@ -162,10 +180,10 @@ def test_collate_carries_the_expression_neighbours_counts():
     np.testing.assert_allclose(out["expression_library"].numpy(), np.nansum(c[expr], axis=1))
     assert "expression_counts" not in NeighborhoodCollate(c, table, n_hops=1)({"spatial_nn": table[[0]]})
     assert NeighborhoodCollate(c[:4], table[:4] % 4, n_hops=1, n_expression_neighbors=10).n_expression_neighbors == 3
-    # with zeros treated as missing, the neighbours' zeros are missing too, and do not choose the neighbours
+    # zeros to fill stay observed for the expression neighbours: chosen and shown as without them
     zero = NeighborhoodCollate(c, table, n_hops=1, n_expression_neighbors=4, zeros_missing=True)
-    out = zero({"spatial_nn": table[[0]]})
-    assert not (out["expression_counts"] == 0).any()
-    hide = sp.csr_matrix(np.nan_to_num(c) == 0)
-    as_mask = NeighborhoodCollate(c, table, n_hops=1, n_expression_neighbors=4, missing=hide)
-    np.testing.assert_array_equal(zero.expression_table, as_mask.expression_table)
+    out = zero({"spatial_nn": table[[0, 2]]})
+    np.testing.assert_array_equal(zero.expression_table, col.expression_table)
+    np.testing.assert_array_equal(np.nan_to_num(out["expression_counts"].numpy(), nan=-1.0),
+                                  np.nan_to_num(c[expr], nan=-1.0))
+    assert (out["expression_counts"] == 0).any()

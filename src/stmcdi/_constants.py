@@ -38,6 +38,7 @@ class _BATCH_KEYS_NT(NamedTuple):
     ROW: str = "row"  # (B,) int64: absolute row of each of the batch's spots, which are nodes 0 .. B-1
     EXPRESSION_COUNTS: str = "expression_counts"  # (B * m, G) counts of each spot's m expression neighbours
     EXPRESSION_LIBRARY: str = "expression_library"  # (B * m,) their library sizes
+    TARGET: str = "target"  # (B, G) bool entries of the batch's spots to fill (only with `fill`/zeros)
 
 
 BATCH_KEYS = _BATCH_KEYS_NT()

@@ -105,7 +105,13 @@ class NeighborhoodCollate:
     missing
         Optional boolean matrix of further missing entries.
     zeros_missing
-        Treat zero counts as missing too (``impute(target="zeros")``). Library sizes are unaffected.
+        Fill the zero counts too (``impute(target="zeros")``): the same as ``fill`` at every zero count.
+    fill
+        Optional boolean matrix of observed entries to fill (``impute(target="zeros")`` fills the zeros in
+        rounds). A batch spot's are targets (batch key ``target``) and hidden from its own condition by the
+        module; as a neighbour, in the graph or in expression space, a spot shows them as observed, as in
+        training, where a spot's targets are hidden only from itself. They do not count as missing when
+        the expression neighbours are chosen. Library sizes are unaffected.
     n_expression_neighbors
         With ``> 0``, every batch also carries the counts of each batch spot's nearest spots in expression
         space (:func:`expression_neighbor_table` on the observed entries, computed once here; at most
@@ -118,6 +124,8 @@ class NeighborhoodCollate:
     target aggregates) and ``row`` ``(B,)``; nodes ``0 .. B-1`` are the batch's spots. With
     ``n_expression_neighbors = m > 0`` also ``expression_counts`` ``(B * m, G)`` (spot ``i``'s neighbours
     are rows ``i*m .. i*m + m - 1``; NaN at missing entries) and ``expression_library`` ``(B * m,)``.
+    With ``fill`` or ``zeros_missing`` also ``target``: boolean ``(B, G)``, the batch spots' missing
+    entries and their entries to fill (which keep their counts in ``counts``).
 
     Examples
     --------
@@ -131,7 +139,7 @@ class NeighborhoodCollate:
 
     def __init__(
         self, counts, table: np.ndarray, n_hops: int, missing=None, zeros_missing: bool = False,
-        n_expression_neighbors: int = 0,
+        n_expression_neighbors: int = 0, fill=None,
     ):
         miss = missing_mask(counts, missing)
         csr = sp.csr_matrix(counts, dtype=np.float32, copy=True)
@@ -145,23 +153,25 @@ class NeighborhoodCollate:
         self.table = np.ascontiguousarray(table, dtype=np.int64)
         self.n_hops = int(n_hops)
         self.zeros_missing = bool(zeros_missing)
+        self.fill = None
+        if fill is not None:
+            self.fill = sp.csr_matrix(fill).astype(bool)
+            if self.fill.shape != self.counts.shape:
+                raise ValueError(f"`fill` has shape {self.fill.shape}; expected {self.counts.shape}.")
         self.n_expression_neighbors = int(min(n_expression_neighbors, counts.shape[0] - 1))
         self.expression_table = None
         if self.n_expression_neighbors > 0:  # chosen on what the batches show as observed
-            seen_missing = miss
-            if self.zeros_missing:  # every entry that is not an observed nonzero count
-                seen_missing = sp.csr_matrix(self.counts.toarray() == 0)
-            self.expression_table = expression_neighbor_table(counts, seen_missing, self.n_expression_neighbors)
+            self.expression_table = expression_neighbor_table(counts, miss, self.n_expression_neighbors)
 
     @classmethod
     def from_manager(
         cls, adata_manager: AnnDataManager, n_hops: int, zeros_missing: bool = False, extra_missing=None,
-        n_expression_neighbors: int = 0,
+        n_expression_neighbors: int = 0, fill=None,
     ):
         """Build the collate from a registered AnnData (counts, optional missing layer, neighbour table).
 
         ``extra_missing`` (boolean, the data's shape) marks further entries to treat as missing (also when
-        the expression neighbours are chosen).
+        the expression neighbours are chosen); ``fill`` marks observed entries to fill (see the class).
         """
         X, mask = registered_counts(adata_manager)
         if extra_missing is not None:
@@ -169,7 +179,7 @@ class NeighborhoodCollate:
             mask = extra if mask is None else (sp.csr_matrix(mask).astype(bool) + extra).astype(bool)
         table = np.asarray(adata_manager.get_from_registry(REGISTRY_KEYS.NEIGHBORS_KEY))
         return cls(X, table, n_hops, missing=mask, zeros_missing=zeros_missing,
-                   n_expression_neighbors=n_expression_neighbors)
+                   n_expression_neighbors=n_expression_neighbors, fill=fill)
 
     def __deepcopy__(self, memo):
         # AnnDataLoader deep-copies its kwargs; the store is read-only, so share it instead of copying it.
@@ -203,19 +213,32 @@ class NeighborhoodCollate:
         counts = self.counts[nodes].toarray()
         if self.missing.nnz:
             counts[self.missing[nodes].toarray()] = np.nan
-        if self.zeros_missing:
-            counts[counts == 0] = np.nan
         return counts
+
+    def _target(self, seeds: np.ndarray, counts: np.ndarray) -> np.ndarray | None:
+        """The batch spots' entries to fill: missing, zero (``zeros_missing``) or in ``fill``."""
+        if not self.zeros_missing and self.fill is None:
+            return None
+        target = np.isnan(counts)
+        if self.zeros_missing:
+            target |= counts == 0
+        if self.fill is not None:
+            target |= self.fill[seeds].toarray()
+        return target
 
     def __call__(self, batch: dict) -> dict[str, torch.Tensor]:
         seeds = np.asarray(batch[REGISTRY_KEYS.NEIGHBORS_KEY])[:, 0].astype(np.int64)
         nodes, edges = self.neighborhood(seeds)
+        counts = self._counts(nodes)
         out = {
-            BATCH_KEYS.COUNTS: torch.from_numpy(self._counts(nodes)),
+            BATCH_KEYS.COUNTS: torch.from_numpy(counts),
             BATCH_KEYS.LIBRARY: torch.from_numpy(self.library[nodes]),
             BATCH_KEYS.EDGE_INDEX: torch.from_numpy(edges),
             BATCH_KEYS.ROW: torch.from_numpy(seeds),
         }
+        target = self._target(seeds, counts[: len(seeds)])
+        if target is not None:
+            out[BATCH_KEYS.TARGET] = torch.from_numpy(target)
         if self.expression_table is not None:
             expr = self.expression_table[seeds].ravel()
             out[BATCH_KEYS.EXPRESSION_COUNTS] = torch.from_numpy(self._counts(expr))
@@ -225,11 +248,11 @@ class NeighborhoodCollate:
 
 def neighborhood_loader_kwargs(
     adata_manager: AnnDataManager, n_hops: int, zeros_missing: bool = False, extra_missing=None,
-    n_expression_neighbors: int = 0,
+    n_expression_neighbors: int = 0, fill=None,
 ) -> dict:
     """Keyword arguments that make an :class:`~scvi.dataloaders.AnnDataLoader` yield neighbourhood batches."""
     collate = NeighborhoodCollate.from_manager(adata_manager, n_hops, zeros_missing, extra_missing,
-                                               n_expression_neighbors)
+                                               n_expression_neighbors, fill)
     return {"data_and_attributes": {REGISTRY_KEYS.NEIGHBORS_KEY: np.int64}, "collate_fn": collate}
 
 

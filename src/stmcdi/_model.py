@@ -578,11 +578,11 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
 
     # ----------------------------------------------------------------------------- outputs
     def _neighborhood_loader(
-        self, adata: AnnData, batch_size: int, zeros_missing: bool = False, extra_missing=None
+        self, adata: AnnData, batch_size: int, zeros_missing: bool = False, extra_missing=None, fill=None,
     ) -> AnnDataLoader:
         manager = self.get_anndata_manager(adata, required=True)
         kwargs = neighborhood_loader_kwargs(manager, self.module.n_hops, zeros_missing, extra_missing,
-                                            self.n_expression_neighbors)
+                                            self.n_expression_neighbors, fill)
         return AnnDataLoader(manager, indices=None, batch_size=batch_size, shuffle=False, **kwargs)
 
     @torch.inference_mode()
@@ -632,8 +632,11 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
             Which entries to fill: ``"missing"`` (NaN / ``mask_layer`` entries), ``"zeros"`` (missing entries
             and every zero count, "fill the dropouts", in ``zero_rounds`` rounds), or a boolean
             ``(n_obs, n_vars)`` array of entries to fill (in addition to the missing ones, all at once).
-            Entries to fill are hidden from the encoder and the condition, exactly as missing ones, so they
-            also leave the library size of their spot.
+            A boolean ``target`` is hidden from the encoder and the condition everywhere, exactly as missing
+            entries are, so it also leaves the library size of its spot. A zero to fill is hidden only from
+            its own spot's condition and encoder input: as a neighbour, in the graph or in expression space,
+            a spot shows its zeros, as every spot shows its observed entries in training; its spot summaries
+            read every observed entry, zeros included.
         zero_rounds
             With ``target="zeros"``: the zero counts are split at random into this many groups, and each
             group is filled in its own pass with every other entry, zeros included, visible. The model trains
@@ -720,10 +723,9 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
             group = np.random.default_rng([int(seed if seed is not None else 0), _ZERO_ROUNDS_STREAM]).integers(
                 0, zero_rounds, size=zeros.shape, dtype=np.int8)
             for g in range(zero_rounds):
-                hide = sp.csr_matrix(zeros & (group == g))
-                if extra is not None:
-                    hide = (hide + extra).astype(bool)
-                loader = self._neighborhood_loader(adata, batch_size, False, extra_missing=hide)
+                # the group's zeros are targets of their own spot; as neighbours they show their zero count
+                fill = sp.csr_matrix(zeros & (group == g))
+                loader = self._neighborhood_loader(adata, batch_size, False, extra_missing=extra, fill=fill)
                 m, sd, draws = self._sample_pass(loader, adata.shape, **kwargs)
                 if g == 0:  # also fills the missing (NaN and `target`) entries
                     mean, std, samples = m, sd, draws
@@ -768,14 +770,16 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
         samples = np.empty((n_samples, *shape), dtype=np.float32) if return_samples else None
         for batch in loader:
             rows = batch["row"].numpy()
+            target = batch.get(BATCH_KEYS.TARGET)  # with entries to fill that are observed (zeros)
             draws = self.module.sample(
                 batch["counts"], batch["library"], batch["edge_index"], len(rows),
                 n_samples=n_samples, sampler=sampler, n_steps=n_steps, generator=generator,
-                **_expression_inputs(batch),
+                target=target, **_expression_inputs(batch),
             ).float().cpu()
             if self.module.objective == "hybrid":  # the one-pass estimate; the samples give the spread
                 mean[rows] = self.module.predict(
-                    batch["counts"], batch["library"], batch["edge_index"], len(rows), **_expression_inputs(batch)
+                    batch["counts"], batch["library"], batch["edge_index"], len(rows), target=target,
+                    **_expression_inputs(batch),
                 ).float().cpu().numpy()
             else:
                 mean[rows] = draws.mean(0).numpy()

@@ -473,6 +473,7 @@ class STMCDIModule(BaseModuleClass):
         generator: torch.Generator | None = None,
         expression_counts: torch.Tensor | None = None,
         expression_library: torch.Tensor | None = None,
+        summarise: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         r"""Choose targets, hide them, encode the neighbourhood and the visible part.
 
@@ -498,6 +499,11 @@ class STMCDIModule(BaseModuleClass):
         expression_counts, expression_library
             Counts and library sizes of the spots' expression neighbours (:meth:`expression_summary`);
             required with ``expression_profile``, ignored without.
+        summarise
+            Boolean ``(B, G)`` entries the spot summaries (:meth:`spot_summary`) read; default the condition
+            entries. :meth:`sample` and :meth:`predict` pass every observed entry when they fill observed
+            entries (the zeros of ``impute(target="zeros")``): the summaries describe the spot's observed
+            data, which training estimates from a random part of it.
 
         Returns
         -------
@@ -550,7 +556,10 @@ class STMCDIModule(BaseModuleClass):
         x_seed = x[:n_seed]
         cond_f = cond.to(x.dtype)
 
-        feats = self.spot_summary(counts[:n_seed], x_seed, cond_f) if self.spot_features else None
+        feats = None
+        if self.spot_features:
+            seen = cond_f if summarise is None else summarise.to(x.dtype)
+            feats = self.spot_summary(counts[:n_seed], x_seed, seen)
         profile = None
         if self.expression_profile:
             if expression_counts is None or expression_library is None:
@@ -781,6 +790,7 @@ class STMCDIModule(BaseModuleClass):
         generator: torch.Generator | None = None,
         expression_counts: torch.Tensor | None = None,
         expression_library: torch.Tensor | None = None,
+        target: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Fill the missing entries of the first ``n_seed`` spots by reverse diffusion.
 
@@ -814,6 +824,11 @@ class STMCDIModule(BaseModuleClass):
         expression_counts, expression_library
             Counts and library sizes of the spots' expression neighbours; required with
             ``expression_profile`` (see :meth:`inference`).
+        target
+            Boolean ``(n_seed, G)`` entries to fill; default the NaN entries of the first ``n_seed`` spots.
+            Observed entries in it (``impute(target="zeros")`` fills zero counts) are hidden from the spot's
+            condition and encoder input, and read only by the spot summaries (``summarise`` of
+            :meth:`inference`): pass only entries whose observed value may inform the estimate.
 
         Returns
         -------
@@ -835,8 +850,14 @@ class STMCDIModule(BaseModuleClass):
         >>> bool((samples[:, 0, 0] == samples[0, 0, 0]).all())  # an observed entry keeps its value
         True
         """
-        inf = self.inference(counts, library, edge_index, n_seed, target=torch.isnan(counts[:n_seed]),
-                             expression_counts=expression_counts, expression_library=expression_library)
+        summarise = None
+        if target is None:
+            target = torch.isnan(counts[:n_seed])
+        else:  # observed entries to fill: the summaries read every observed entry, as at a missing entry
+            summarise = ~torch.isnan(counts[:n_seed])
+        inf = self.inference(counts, library, edge_index, n_seed, target=target,
+                             expression_counts=expression_counts, expression_library=expression_library,
+                             summarise=summarise)
         s = int(n_samples)
         rep = lambda v: None if v is None else v.repeat_interleave(s, dim=0)
         x, target, cond = rep(inf["x"]), rep(inf["target"]).to(inf["x"].dtype), rep(inf["cond"])
@@ -894,6 +915,7 @@ class STMCDIModule(BaseModuleClass):
         n_seed: int,
         expression_counts: torch.Tensor | None = None,
         expression_library: torch.Tensor | None = None,
+        target: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """One-pass point estimate of the missing entries of the first ``n_seed`` spots.
 
@@ -915,6 +937,11 @@ class STMCDIModule(BaseModuleClass):
         expression_counts, expression_library
             Counts and library sizes of the spots' expression neighbours; required with
             ``expression_profile`` (see :meth:`inference`).
+        target
+            Boolean ``(n_seed, G)`` entries to fill; default the NaN entries of the first ``n_seed`` spots.
+            Observed entries in it (``impute(target="zeros")`` fills zero counts) are hidden from the spot's
+            condition and encoder input, and read only by the spot summaries (``summarise`` of
+            :meth:`inference`): pass only entries whose observed value may inform the estimate.
 
         Returns
         -------
@@ -939,8 +966,14 @@ class STMCDIModule(BaseModuleClass):
                 "This model was trained with objective='diffusion' only; it has no one-pass predictor. "
                 "Use sample() (or train with objective='hybrid')."
             )
-        inf = self.inference(counts, library, edge_index, n_seed, target=torch.isnan(counts[:n_seed]),
-                             expression_counts=expression_counts, expression_library=expression_library)
+        summarise = None
+        if target is None:
+            target = torch.isnan(counts[:n_seed])
+        else:  # observed entries to fill: the summaries read every observed entry, as at a missing entry
+            summarise = ~torch.isnan(counts[:n_seed])
+        inf = self.inference(counts, library, edge_index, n_seed, target=target,
+                             expression_counts=expression_counts, expression_library=expression_library,
+                             summarise=summarise)
         x, target, base = inf["x"], inf["target"], inf["base"]
         r = self._one_pass(x, target.to(x.dtype), inf["cond"], inf["z_in"], inf["x_hat"], inf["context"], base,
                            inf["profile"])

@@ -180,6 +180,38 @@ def test_spot_offset_is_shared_by_the_genes_of_a_spot():
     torch.testing.assert_close(inf["z_in"][:, :4], inf["z"])
 
 
+def test_observed_entries_to_fill_are_hidden_from_their_spot_but_summarised():
+    b = batch()
+    b["counts"][0, 3] = b["counts"][1, 5] = 0.0  # zeros to fill
+    target = torch.isnan(b["counts"][:2])
+    target[0, 3] = target[1, 5] = True
+    hidden = b["counts"].clone()
+    hidden[0, 3] = hidden[1, 5] = float("nan")
+    lib = b["library"]
+    plain = make_module(spot_features=False).eval()
+    gen = lambda: torch.Generator().manual_seed(2)
+    # the condition and the encoder never read the value of an entry to fill: as if it were missing
+    a = plain.sample(b["counts"], lib, b["edge_index"], 2, n_samples=3, n_steps=3, generator=gen(), target=target)
+    h = plain.sample(hidden, lib, b["edge_index"], 2, n_samples=3, n_steps=3, generator=gen())
+    torch.testing.assert_close(a, h)
+    # the spot summaries read every observed entry of the spot, the zeros to fill included
+    mod = make_module().eval()
+    every = ~torch.isnan(b["counts"][:2])
+    inf = mod.inference(b["counts"], lib, b["edge_index"], 2, target=target, summarise=every)
+    x = mod.scale(b["counts"][:2], lib[:2])
+    torch.testing.assert_close(inf["z_in"][:, 4:], mod.spot_summary(b["counts"][:2], torch.nan_to_num(x), every))
+    assert inf["cond"][0, 3] == 0 and inf["cond"][1, 5] == 0 and inf["target"][0, 3]
+    # sample() passes them so: the zeros count as detected-nothing in the summaries
+    with_zeros = mod.sample(b["counts"], lib, b["edge_index"], 2, n_samples=2, n_steps=2, generator=gen(),
+                            target=target)
+    as_missing = mod.sample(hidden, lib, b["edge_index"], 2, n_samples=2, n_steps=2, generator=gen())
+    assert not torch.allclose(with_zeros, as_missing)
+    # by default the summaries read the condition only, as in training
+    drawn = mod.inference(b["counts"], lib, b["edge_index"], 2, generator=gen())
+    torch.testing.assert_close(drawn["z_in"][:, 4:],
+                               mod.spot_summary(b["counts"][:2], torch.nan_to_num(x), drawn["cond"]))
+
+
 def test_spot_features_off_is_the_network_without_them():
     mod = make_module(spot_features=False)
     assert mod.spot_offset is None and mod.denoiser.spatial_in.in_features == 4
