@@ -9,6 +9,8 @@ with ``stmcdi benchmark``.
 
     python benchmarks/tune.py --data ../shared/data/stahl2016_mob_rep11.h5ad --configs default steps1000 mask0.6
     python benchmarks/tune.py --data ../shared/data/stahl2016_mob_rep11.h5ad --configs --baselines magic spot_mean
+    python benchmarks/tune.py --data ../shared/data/stahl2016_mob_rep11.h5ad --protocol thin --ratio 0.5 \
+        --val-protocol thin --val-ratio 0.5 --configs default former   # filling zeros (impute target="zeros")
 
 Configurations are named in CONFIGS below (model arguments, train arguments).
 """
@@ -34,6 +36,7 @@ CONFIGS: dict[str, tuple[dict, dict]] = {
     "default": ({}, {}),
     "steps500": ({}, {"max_steps": 500}),
     "steps1000": ({}, {"max_steps": 1000}),
+    "steps2000": ({}, {"max_steps": 2000}),
     "steps3000": ({}, {"max_steps": 3000}),
     "mask0.6": ({"mask_ratio": 0.6}, {}),
     "dropout0.1": ({"dropout": 0.1}, {}),
@@ -50,6 +53,8 @@ CONFIGS: dict[str, tuple[dict, dict]] = {
     "no_expression_no_spot": ({"n_expression_neighbors": 0, "spot_features": False}, {}),
     "expression10": ({"n_expression_neighbors": 10}, {}),
     "expression40": ({"n_expression_neighbors": 40}, {}),
+    # the defaults before 2026-12-01: spatial conditions only, about 2000 steps on small sections
+    "former": ({"n_expression_neighbors": 0, "spot_features": False}, {"max_steps": 2000}),
 }
 
 
@@ -70,6 +75,8 @@ def main() -> None:
     p.add_argument("--ratio", type=float, default=0.1)
     p.add_argument("--val-protocol", default="entries",
                    help="protocol of the validation split among observed entries (default entries)")
+    p.add_argument("--val-ratio", type=float, default=0.1,
+                   help="ratio of the validation split (default 0.1; use 0.5 with --val-protocol thin)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--configs", nargs="*", default=list(CONFIGS), choices=list(CONFIGS))
     p.add_argument("--panel", default="seurat_v3", choices=("seurat_v3", "cv"))
@@ -92,11 +99,13 @@ def main() -> None:
     rows = []
     for seed in args.seeds:
         test = stmcdi.benchmark.hold_out(adata, args.protocol, args.ratio, seed=seed, panel=panel)
-        val = stmcdi.benchmark.hold_out(test.adata, args.val_protocol, 0.1, seed=1000 + seed)
-        assert not (val.mask.multiply(test.mask)).nnz  # validation entries are observed in the test split
+        val = stmcdi.benchmark.hold_out(test.adata, args.val_protocol, args.val_ratio, seed=1000 + seed)
+        if "thin" not in (args.protocol, args.val_protocol):  # thinning thins the visible counts again
+            assert not (val.mask.multiply(test.mask)).nnz  # validation entries are observed in the test split
+        target = "zeros" if args.val_protocol == "thin" else "missing"  # as stmcdi.benchmark.evaluate does
         methods = {**stmcdi.benchmark.BASELINES, **stmcdi.benchmark.available_extras()}
         for name in args.baselines:
-            s = stmcdi.benchmark.score(val, methods[name](val.adata, seed=seed))
+            s = stmcdi.benchmark.score(val, methods[name](val.adata, seed=seed, target=target))
             row = {"seed": seed, "config": name, **{k: s[k] for k in ("per_gene_pcc", "pcc", "rmse", "mae")}}
             rows.append(row)
             print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
@@ -106,7 +115,7 @@ def main() -> None:
                 train_kw = {"max_epochs": args.max_epochs}
             method = stmcdi.benchmark.stmcdi_method(model_kw, _train_kwargs(train_kw), samples=True)
             t0 = time.perf_counter()
-            out = method(val.adata, seed=seed)
+            out = method(val.adata, seed=seed, target=target)
             seconds = time.perf_counter() - t0
             r, c = val.mask.nonzero()
             draws = out["samples"][:, r, c].astype(np.float64)
