@@ -117,6 +117,11 @@ class STMCDIModule(BaseModuleClass):
         neighbours of a shallow section say little about a random hidden entry; spots alike in expression,
         wherever they lie, say more (MAGIC's and low-rank completion's signal; docs/benchmarks.md,
         "Expression neighbours").
+    readout_init
+        ``"zeros"`` starts the read-out's per-gene weights (of the spatial code and of the expression profile)
+        at 0, so each gene's read-out starts at its mean and moves only as far as its own entries pull it;
+        ``"default"`` keeps PyTorch's random initialisation of the spatial read-out and starts the profile
+        weights at 0.5.
 
     Examples
     --------
@@ -177,6 +182,7 @@ class STMCDIModule(BaseModuleClass):
         spot_features: bool = True,
         spot_feature_stats: tuple[np.ndarray, np.ndarray] | None = None,
         expression_profile: bool = False,
+        readout_init: Literal["default", "zeros"] = "default",
     ):
         super().__init__()
         if objective not in ("diffusion", "mae", "hybrid"):
@@ -186,6 +192,8 @@ class STMCDIModule(BaseModuleClass):
             )
         if not 0.0 < point_fraction < 1.0:
             raise ValueError(f"point_fraction must be in (0, 1), got {point_fraction!r}.")
+        if readout_init not in ("default", "zeros"):
+            raise ValueError(f"readout_init must be 'default' or 'zeros', got {readout_init!r}.")
         if mask_strategy not in ("entries", "nonzero", "spots", "genes"):
             raise ValueError(
                 f"mask_strategy must be 'entries', 'nonzero', 'spots' or 'genes', got {mask_strategy!r}."
@@ -239,6 +247,8 @@ class STMCDIModule(BaseModuleClass):
         else:
             self.encoder = SpatialEncoder(n_genes, n_encoder_hidden, n_latent, n_encoder_layers, encoder, dropout)
             self.readout = torch.nn.Linear(n_latent, n_genes)
+            if readout_init == "zeros":
+                torch.nn.init.zeros_(self.readout.weight)
         n_feat = N_SPOT_FEATURES if self.spot_features else 0
         # spot summaries -> one offset shared by the spot's genes (added to the read-out)
         self.spot_offset = (
@@ -247,7 +257,8 @@ class STMCDIModule(BaseModuleClass):
         )
         # per-gene weight of the expression profile in the read-out
         self.expression_weight = (
-            torch.nn.Parameter(torch.full((n_genes,), 0.5)) if self.expression_profile and encoder != "none" else None
+            torch.nn.Parameter(torch.full((n_genes,), 0.0 if readout_init == "zeros" else 0.5))
+            if self.expression_profile and encoder != "none" else None
         )
         self.denoiser = GeneDenoiser(
             n_genes,

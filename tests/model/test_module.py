@@ -126,6 +126,17 @@ def test_sampling_keeps_observed_and_is_seeded():
         mod.sample(*args, sampler="euler")
 
 
+def test_zero_readout_init_starts_every_gene_at_its_mean():
+    mod = make_module(readout_init="zeros", expression_profile=True, spot_features=False).eval()
+    assert not mod.readout.weight.any() and not mod.expression_weight.any()
+    b = batch()
+    profile = {"expression_counts": b["counts"][2:6], "expression_library": b["library"][2:6]}
+    inf = mod.inference(b["counts"], b["library"], b["edge_index"], 2, **profile)
+    # neither the spatial code nor the profile moves the read-out yet: the bias, the same for every spot
+    torch.testing.assert_close(inf["readout"], mod.readout.bias.expand(2, -1))
+    assert make_module(expression_profile=True).expression_weight.eq(0.5).all()  # the default
+
+
 def test_encoder_none_has_no_spatial_path():
     mod = make_module(encoder="none")
     assert mod.encoder is None and mod.n_hops == 0
@@ -135,7 +146,8 @@ def test_encoder_none_has_no_spatial_path():
 
 
 @pytest.mark.parametrize(("kw", "match"), [({"mask_ratio": 1.0}, "mask_ratio"), ({"mask_strategy": "x"}, "mask_strategy"),
-                                           ({"representation_mask_ratio": 1.0}, "representation")])
+                                           ({"representation_mask_ratio": 1.0}, "representation"),
+                                           ({"readout_init": "ones"}, "readout_init")])
 def test_module_bad_arguments(kw, match):
     with pytest.raises(ValueError, match=match):
         make_module(**kw)
