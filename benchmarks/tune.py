@@ -55,6 +55,7 @@ CONFIGS: dict[str, tuple[dict, dict]] = {
     "expression40": ({"n_expression_neighbors": 40}, {}),
     "readout_zeros": ({"readout_init": "zeros"}, {}),
     "readout_zeros_steps1000": ({"readout_init": "zeros"}, {"max_steps": 1000}),
+    "groups10": ({"n_gene_groups": 10}, {}),
     # the defaults before 2026-12-01: spatial conditions only, about 2000 steps on small sections
     "former": ({"n_expression_neighbors": 0, "spot_features": False}, {"max_steps": 2000}),
 }

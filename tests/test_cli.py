@@ -28,11 +28,11 @@ def test_model_options_reach_the_model_and_impute():
                                       "--objective", "mae", "--spread-scale", "1.5"])
     model, _, impute = _model_kwargs(args)
     assert model["mask_strategy"] == "nonzero" and model["objective"] == "mae" and impute["spread_scale"] == 1.5
-    assert "n_expression_neighbors" not in model and "spot_features" not in model
+    assert "n_expression_neighbors" not in model and "spot_features" not in model and "n_gene_groups" not in model
     args = build_parser().parse_args(["impute", "x.h5ad", "-o", "y.h5ad", "--expression-neighbors", "0",
-                                      "--no-spot-features"])
+                                      "--no-spot-features", "--gene-groups", "10"])
     model, _, _ = _model_kwargs(args)
-    assert model["n_expression_neighbors"] == 0 and model["spot_features"] is False
+    assert model["n_expression_neighbors"] == 0 and model["spot_features"] is False and model["n_gene_groups"] == 10
     with pytest.raises(SystemExit):
         build_parser().parse_args(["impute", "x.h5ad", "-o", "y.h5ad", "--mask-strategy", "rows"])
 

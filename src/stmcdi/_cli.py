@@ -50,6 +50,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--expression-neighbors", type=int, default=None,
                    help="nearest spots in expression space whose mean profile conditions each spot (default 20; "
                         "0 conditions on the spatial neighbours alone, as the paper does)")
+    g.add_argument("--gene-groups", type=int, default=None,
+                   help="share the spot offset and the expression-profile weight within this many groups of genes "
+                        "of similar detected fraction (default: the model's)")
     g.add_argument("--no-spot-features", action="store_true",
                    help="do not give the network the summaries of each spot's visible entries (an ablation)")
     g.add_argument("--spread-scale", type=float, default=None,
@@ -79,6 +82,8 @@ def _model_kwargs(args) -> tuple[dict, dict, dict]:
         model["mask_strategy"] = args.mask_strategy
     if args.expression_neighbors is not None:
         model["n_expression_neighbors"] = args.expression_neighbors
+    if args.gene_groups is not None:
+        model["n_gene_groups"] = args.gene_groups
     if args.no_spot_features:
         model["spot_features"] = False
     return model, train, impute

@@ -141,6 +141,9 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
         kwargs["expression_profile"] = self.n_expression_neighbors > 0
         if kwargs.get("spot_features", True) and kwargs.get("spot_feature_stats") is None:
             kwargs["spot_feature_stats"] = _spot_feature_stats(counts, x)
+        n_gene_groups = kwargs.pop("n_gene_groups", 0)
+        if n_gene_groups and kwargs.get("gene_groups") is None:
+            kwargs["gene_groups"] = detection_groups(x, int(n_gene_groups))
         self.module = self._module_cls(
             n_genes=self.summary_stats.n_vars,
             gene_mean=mean,
@@ -886,6 +889,35 @@ def _expression_inputs(batch: dict) -> dict:
     """The expression-neighbour tensors of a batch, as keyword arguments of the module's methods."""
     return {"expression_counts": batch.get(BATCH_KEYS.EXPRESSION_COUNTS),
             "expression_library": batch.get(BATCH_KEYS.EXPRESSION_LIBRARY)}
+
+
+def detection_groups(x: np.ndarray, n_groups: int) -> np.ndarray:
+    """Split the genes into ``n_groups`` groups of equal size by their detected fraction.
+
+    Parameters
+    ----------
+    x
+        ``(n_obs, n_vars)`` log-normalised values, NaN at missing entries.
+    n_groups
+        Number of groups (at most ``n_vars``).
+
+    Returns
+    -------
+    int64 ``(n_vars,)``: group 0 holds the genes detected in the smallest fraction of their observed entries.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.array([[0.0, 1.0, 1.0, np.nan], [0.0, 0.0, 1.0, 1.0]])
+    >>> detection_groups(x, 2).tolist()
+    [0, 0, 1, 1]
+    """
+    if not 1 <= n_groups <= x.shape[1]:
+        raise ValueError(f"n_gene_groups must be in [1, n_vars] = [1, {x.shape[1]}], got {n_groups}.")
+    obs = ~np.isnan(x)
+    detected = (np.nan_to_num(x) > 0).sum(axis=0) / np.maximum(obs.sum(axis=0), 1)
+    rank = np.argsort(np.argsort(detected, kind="stable"), kind="stable")
+    return np.minimum(rank * n_groups // x.shape[1], n_groups - 1).astype(np.int64)
 
 
 def _spot_feature_stats(counts, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -122,6 +122,12 @@ class STMCDIModule(BaseModuleClass):
         at 0, so each gene's read-out starts at its mean and moves only as far as its own entries pull it;
         ``"default"`` keeps PyTorch's random initialisation of the spatial read-out and starts the profile
         weights at 0.5.
+    gene_groups
+        Optional ``(n_genes,)`` integer group of each gene (``0 .. n_groups - 1``). With groups, the spot offset
+        has one value per group and the profile weight is shared within a group, instead of one offset per spot
+        and one weight per gene: the profile says much about a well-detected gene and little about a sparse one,
+        and per-gene weights are noisy on a few hundred spots. :class:`~stmcdi.STMCDI`'s ``n_gene_groups``
+        groups the genes by detected fraction.
 
     Examples
     --------
@@ -183,6 +189,7 @@ class STMCDIModule(BaseModuleClass):
         spot_feature_stats: tuple[np.ndarray, np.ndarray] | None = None,
         expression_profile: bool = False,
         readout_init: Literal["default", "zeros"] = "default",
+        gene_groups: np.ndarray | None = None,
     ):
         super().__init__()
         if objective not in ("diffusion", "mae", "hybrid"):
@@ -250,14 +257,24 @@ class STMCDIModule(BaseModuleClass):
             if readout_init == "zeros":
                 torch.nn.init.zeros_(self.readout.weight)
         n_feat = N_SPOT_FEATURES if self.spot_features else 0
-        # spot summaries -> one offset shared by the spot's genes (added to the read-out)
+        n_out = 1
+        if gene_groups is None:
+            self.gene_group = None
+        else:
+            groups = np.asarray(gene_groups)
+            if groups.shape != (n_genes,) or not np.issubdtype(groups.dtype, np.integer) or groups.min() < 0:
+                raise ValueError(f"gene_groups must be {n_genes} non-negative integers, one per gene.")
+            self.register_buffer("gene_group", torch.as_tensor(groups, dtype=torch.long))
+            n_out = int(groups.max()) + 1
+        # spot summaries -> one offset shared by the spot's genes, or by each group of genes (added to the read-out)
         self.spot_offset = (
-            torch.nn.Sequential(torch.nn.Linear(n_feat, 32), torch.nn.GELU(), torch.nn.Linear(32, 1))
+            torch.nn.Sequential(torch.nn.Linear(n_feat, 32), torch.nn.GELU(), torch.nn.Linear(32, n_out))
             if self.spot_features and encoder != "none" else None
         )
-        # per-gene weight of the expression profile in the read-out
+        # weight of the expression profile in the read-out: per gene, or per group of genes
         self.expression_weight = (
-            torch.nn.Parameter(torch.full((n_genes,), 0.0 if readout_init == "zeros" else 0.5))
+            torch.nn.Parameter(torch.full((n_genes if gene_groups is None else n_out,),
+                                          0.0 if readout_init == "zeros" else 0.5))
             if self.expression_profile and encoder != "none" else None
         )
         self.denoiser = GeneDenoiser(
@@ -586,9 +603,11 @@ class STMCDIModule(BaseModuleClass):
             z = self.encoder(torch.cat([x * visible_f, visible_f], dim=-1), edge_index)[:n_seed]
             readout = self.readout(z)
             if self.spot_offset is not None:
-                readout = readout + self.spot_offset(feats)
+                offset = self.spot_offset(feats)
+                readout = readout + (offset if self.gene_group is None else offset[:, self.gene_group])
             if self.expression_weight is not None:
-                readout = readout + self.expression_weight * profile
+                w = self.expression_weight if self.gene_group is None else self.expression_weight[self.gene_group]
+                readout = readout + w * profile
         x_hat = readout
         if self.training and self.representation_mask_ratio > 0:
             keep = torch.rand(x_hat.shape, device=x_hat.device, generator=generator)

@@ -78,6 +78,23 @@ def test_expression_neighbours_option():
             STMCDI(a, n_expression_neighbors=bad, **SMALL)
 
 
+def test_gene_groups_by_detected_fraction():
+    from stmcdi._model import detection_groups
+
+    _, held = held_out()
+    a = held.adata
+    STMCDI.setup_anndata(a)
+    model = STMCDI(a, n_gene_groups=4, **SMALL)
+    groups = model.module.gene_group.numpy()
+    assert np.bincount(groups).tolist() == [10, 10, 10, 10]
+    counts = a.X.toarray()
+    detected = np.nansum(counts > 0, axis=0) / (~np.isnan(counts)).sum(axis=0)
+    assert detected[groups == 0].max() <= detected[groups == 3].min()  # sparse genes first
+    assert model.module.expression_weight.shape == (4,)
+    with pytest.raises(ValueError, match="n_gene_groups"):
+        detection_groups(np.zeros((3, 2)), 3)
+
+
 def test_train_impute_writes_layers_and_keeps_observed():
     _, held = held_out()
     a = held.adata

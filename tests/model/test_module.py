@@ -137,6 +137,26 @@ def test_zero_readout_init_starts_every_gene_at_its_mean():
     assert make_module(expression_profile=True).expression_weight.eq(0.5).all()  # the default
 
 
+def test_gene_groups_share_the_offset_and_the_profile_weight():
+    groups = np.repeat([0, 1, 2], 4)
+    mod = make_module(gene_groups=groups, expression_profile=True).eval()
+    assert mod.expression_weight.shape == (3,) and mod.spot_offset[-1].out_features == 3
+    torch.nn.init.zeros_(mod.readout.weight)
+    torch.nn.init.zeros_(mod.readout.bias)
+    with torch.no_grad():
+        mod.expression_weight.copy_(torch.tensor([0.0, 1.0, 2.0]))
+    b = batch()
+    profile = {"expression_counts": b["counts"][2:6], "expression_library": b["library"][2:6]}
+    inf = mod.inference(b["counts"], b["library"], b["edge_index"], 2, **profile)
+    offset = inf["readout"] - torch.tensor([0.0, 1.0, 2.0]).repeat_interleave(4) * inf["profile"]
+    for g in range(3):  # one offset per spot and group
+        block = offset[:, groups == g]
+        torch.testing.assert_close(block, block[:, :1].expand_as(block))
+    assert not torch.isclose(offset[0, 0], offset[0, 4])
+    with pytest.raises(ValueError, match="gene_groups"):
+        make_module(gene_groups=groups[:5])
+
+
 def test_encoder_none_has_no_spatial_path():
     mod = make_module(encoder="none")
     assert mod.encoder is None and mod.n_hops == 0
