@@ -880,14 +880,8 @@ class STMCDIModule(BaseModuleClass):
         >>> bool((samples[:, 0, 0] == samples[0, 0, 0]).all())  # an observed entry keeps its value
         True
         """
-        summarise = None
-        if target is None:
-            target = torch.isnan(counts[:n_seed])
-        else:  # observed entries to fill: the summaries read every observed entry, as at a missing entry
-            summarise = ~torch.isnan(counts[:n_seed])
-        inf = self.inference(counts, library, edge_index, n_seed, target=target,
-                             expression_counts=expression_counts, expression_library=expression_library,
-                             summarise=summarise)
+        inf = self._inference_to_fill(counts, library, edge_index, n_seed, target, expression_counts,
+                                      expression_library)
         s = int(n_samples)
         rep = lambda v: None if v is None else v.repeat_interleave(s, dim=0)
         x, target, cond = rep(inf["x"]), rep(inf["target"]).to(inf["x"].dtype), rep(inf["cond"])
@@ -996,19 +990,25 @@ class STMCDIModule(BaseModuleClass):
                 "This model was trained with objective='diffusion' only; it has no one-pass predictor. "
                 "Use sample() (or train with objective='hybrid')."
             )
-        summarise = None
-        if target is None:
-            target = torch.isnan(counts[:n_seed])
-        else:  # observed entries to fill: the summaries read every observed entry, as at a missing entry
-            summarise = ~torch.isnan(counts[:n_seed])
-        inf = self.inference(counts, library, edge_index, n_seed, target=target,
-                             expression_counts=expression_counts, expression_library=expression_library,
-                             summarise=summarise)
+        inf = self._inference_to_fill(counts, library, edge_index, n_seed, target, expression_counts,
+                                      expression_library)
         x, target, base = inf["x"], inf["target"], inf["base"]
         r = self._one_pass(x, target.to(x.dtype), inf["cond"], inf["z_in"], inf["x_hat"], inf["context"], base,
                            inf["profile"])
         filled = torch.where(target, base + r, x)
         return self.unscale(filled).clamp_min(0.0)
+
+    def _inference_to_fill(self, counts, library, edge_index, n_seed, target, expression_counts,
+                           expression_library) -> dict[str, torch.Tensor]:
+        """:meth:`inference` at imputation: the NaN entries are filled unless ``target`` is given."""
+        summarise = None
+        if target is None:
+            target = torch.isnan(counts[:n_seed])
+        else:  # observed entries to fill: the summaries read every observed entry, as at a missing entry
+            summarise = ~torch.isnan(counts[:n_seed])
+        return self.inference(counts, library, edge_index, n_seed, target=target,
+                              expression_counts=expression_counts, expression_library=expression_library,
+                              summarise=summarise)
 
     def _one_pass(self, x, target, cond, z, x_hat, context, base, profile=None) -> torch.Tensor:
         """The one-pass task's residual (no noise in, step ``point_step``), clipped to the data range."""
