@@ -93,7 +93,7 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
         Further :class:`~stmcdi.STMCDIModule` arguments (``mask_strategy``, ``input_mask``,
         ``representation_mask_ratio``, ``n_encoder_layers``, ``beta_end``, ``readout_init``, ...), and
         ``n_gene_groups``: with ``> 0``, the module's ``gene_groups`` are that many groups of genes of equal
-        size by detected fraction (:func:`detection_groups`, from the observed entries; off by default, see
+        size by detected fraction (``stmcdi._model.detection_groups``, from the observed entries; off by default, see
         docs/benchmarks.md).
 
     Examples
