@@ -56,6 +56,10 @@ CONFIGS: dict[str, tuple[dict, dict]] = {
     "readout_zeros": ({"readout_init": "zeros"}, {}),
     "readout_zeros_steps1000": ({"readout_init": "zeros"}, {"max_steps": 1000}),
     "groups10": ({"n_gene_groups": 10}, {}),
+    "no_latent_readout": ({"latent_readout": False}, {}),
+    # the read-out of the spatial code that the defaults before 2026-12-01 (third session) had with every mask
+    "latent_readout": ({"latent_readout": True}, {}),
+    "mask_nonzero_no_latent_readout": ({"mask_strategy": "nonzero", "latent_readout": False}, {}),
     # the defaults before 2026-12-01: spatial conditions only, about 2000 steps on small sections
     "former": ({"n_expression_neighbors": 0, "spot_features": False}, {"max_steps": 2000}),
 }

@@ -34,3 +34,19 @@ def test_scored_genes_counts_genes_per_split(tmp_path, monkeypatch, capsys, befo
         assert all(0 <= c <= 40 for c in counts)  # scored genes are panel genes
     # entries 10% hides 12 entries per gene of 120 spots: every panel gene is scored
     assert rows[0].split("|")[4].strip() == "40 / 40"
+
+
+def test_readout_terms_scores_each_term_of_the_readout(tmp_path, monkeypatch, capsys):
+    adata = stmcdi.datasets.synthetic(n_spots=200, n_genes=16, seed=0)
+    path = tmp_path / "toy.h5ad"
+    adata.write_h5ad(path)
+    monkeypatch.syspath_prepend(str(SCRIPTS))  # the script imports tune.py beside it
+    csv = tmp_path / "terms.csv"
+    _run("readout_terms.py", ["--data", str(path), "--max-epochs", "1", "--n-samples", "2", "--csv", str(csv)], monkeypatch, capsys)
+    import pandas as pd
+
+    df = pd.read_csv(csv)
+    # the defaults have no read-out of the spatial code with random targets (STMCDIModule's latent_readout)
+    assert df["estimate"].tolist() == ["one_pass", "readout", "readout_no_offset", "readout_no_profile"]
+    assert df[["per_gene_pcc", "rmse"]].notna().all().all()
+    assert df["rmse"].nunique() > 1  # removing a term changes the estimate

@@ -157,7 +157,7 @@ def test_target_zeros_and_target_mask():
     assert (res["mean"][counts == 0] > 0).mean() > 0.5
     mask = np.zeros(a.shape, dtype=bool)
     mask[:, 0] = True
-    res = model.impute(n_samples=2, n_steps=4, target=mask, inplace=False)
+    res = model.impute(n_samples=4, n_steps=4, target=mask, inplace=False)
     assert (res["std"][:, 0] > 0).mean() > 0.8
     # masked entries count as missing, so the library size (observed entries only) excludes them too
     expected, _, _ = stmcdi.pp.log_normalize(a.X, sp.csr_matrix(mask), target_sum=float(model.module.target_sum))
@@ -325,7 +325,9 @@ def test_choose_spread_scale_is_the_smallest_covering_scale():
 def test_zeros_are_filled_in_rounds_with_the_other_zeros_visible():
     _, held = held_out()
     a = held.adata
-    model = trained(a)
+    # with the spatial read-out the point estimate reads the spot's visible entries through the encoder too
+    # (without it, only the two-epoch denoiser does, and its residual is still ~1e-4)
+    model = trained(a, latent_readout=True)
     counts = a.X.toarray()
     zeros = counts == 0
     kw = {"n_samples": 3, "n_steps": 3, "seed": 4, "inplace": False, "return_samples": True}

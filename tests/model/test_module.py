@@ -127,7 +127,8 @@ def test_sampling_keeps_observed_and_is_seeded():
 
 
 def test_zero_readout_init_starts_every_gene_at_its_mean():
-    mod = make_module(readout_init="zeros", expression_profile=True, spot_features=False).eval()
+    mod = make_module(readout_init="zeros", expression_profile=True, spot_features=False,
+                      latent_readout=True).eval()
     assert not mod.readout.weight.any() and not mod.expression_weight.any()
     b = batch()
     profile = {"expression_counts": b["counts"][2:6], "expression_library": b["library"][2:6]}
@@ -137,9 +138,30 @@ def test_zero_readout_init_starts_every_gene_at_its_mean():
     assert make_module(expression_profile=True).expression_weight.eq(0.5).all()  # the default
 
 
+def test_without_latent_readout_the_readout_is_offset_plus_profile_and_z_still_conditions():
+    assert make_module(mask_strategy="nonzero").readout is not None  # the default: only with nonzero targets
+    assert make_module(latent_readout=True).readout is not None
+    mod = make_module(expression_profile=True).eval()
+    assert mod.readout is None and mod.encoder is not None
+    b = batch()
+    profile = {"expression_counts": b["counts"][2:6], "expression_library": b["library"][2:6],
+               "target": torch.isnan(b["counts"][:2])}
+    inf = mod.inference(b["counts"], b["library"], b["edge_index"], 2, **profile)
+    feats = mod.spot_summary(b["counts"][:2], inf["x"], inf["cond"])
+    expected = mod.spot_offset(feats) + mod.expression_weight * inf["profile"]
+    torch.testing.assert_close(inf["readout"], expected)
+    assert inf["z"] is not None and inf["z_in"].shape[1] == 4 + 3  # the spatial code and the summaries
+    # other graph neighbours change the spatial code the denoiser reads, not the read-out
+    nbr = b["counts"].clone()
+    nbr[2:] = nbr[2:] * 3
+    other = mod.inference(nbr, b["library"], b["edge_index"], 2, **profile)
+    assert not torch.allclose(other["z_in"], inf["z_in"])
+    torch.testing.assert_close(other["readout"], inf["readout"])
+
+
 def test_gene_groups_share_the_offset_and_the_profile_weight():
     groups = np.repeat([0, 1, 2], 4)
-    mod = make_module(gene_groups=groups, expression_profile=True).eval()
+    mod = make_module(gene_groups=groups, expression_profile=True, latent_readout=True).eval()
     assert mod.expression_weight.shape == (3,) and mod.spot_offset[-1].out_features == 3
     torch.nn.init.zeros_(mod.readout.weight)
     torch.nn.init.zeros_(mod.readout.bias)
@@ -199,8 +221,7 @@ def test_spot_summary_is_a_mean_over_visible_entries():
 
 def test_spot_offset_is_shared_by_the_genes_of_a_spot():
     mod = make_module(g=12).eval()
-    torch.nn.init.zeros_(mod.readout.weight)
-    torch.nn.init.zeros_(mod.readout.bias)  # only the spot offset is left in the read-out
+    assert mod.readout is None  # the default with random targets: only the spot offset is in the read-out
     b = batch(g=12)
     b["counts"][1] = b["counts"][1] * 0  # a spot with nothing detected has other summaries than spot 0
     b["counts"][1, :6] = 1.0
