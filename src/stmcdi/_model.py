@@ -91,7 +91,7 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
         "Expression neighbours").
     **module_kwargs
         Further :class:`~stmcdi.STMCDIModule` arguments (``mask_strategy``, ``input_mask``,
-        ``representation_mask_ratio``, ``n_encoder_layers``, ``beta_end``, ``readout_init``, ...), and
+        ``representation_mask_ratio``, ``n_encoder_layers``, ``beta_end``, ``readout_init``, ``latent_readout``, ...), and
         ``n_gene_groups``: with ``> 0``, the module's ``gene_groups`` are that many groups of genes of equal
         size by detected fraction (``stmcdi._model.detection_groups``, from the observed entries; off by default, see
         docs/benchmarks.md).
