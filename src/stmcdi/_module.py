@@ -33,7 +33,8 @@ class STMCDIModule(BaseModuleClass):
     2. a random part (``mask_ratio``) of each batch spot's observed entries becomes the **target**; the rest
        is the **condition**; missing entries are neither;
     3. the encoder reads the neighbourhood with the targets hidden (values zeroed, indicator 0) and gives a
-       spatial code :math:`z` and its per-gene read-out :math:`\hat x`;
+       spatial code :math:`z`; the read-out :math:`\hat x` is the spot offset, the profile term and, with
+       ``latent_readout``, a per-gene read-out of :math:`z`;
     4. the targets are noised, :math:`x_t = \sqrt{\bar\alpha_t} x + \sqrt{1-\bar\alpha_t}\,\epsilon`, and the
        denoiser predicts :math:`\epsilon` from :math:`x_t`, the condition, :math:`\hat x`, :math:`z`, the
        conditioner's context and :math:`t`;
