@@ -30,6 +30,7 @@ import argparse
 import anndata as ad
 import numpy as np
 import pandas as pd
+from tune import format_row, validation_split
 
 import stmcdi
 from stmcdi._data import expression_neighbor_table
@@ -110,9 +111,7 @@ def main() -> None:
     adata = ad.read_h5ad(args.data)
     rows = []
     for seed in args.seeds:
-        test = stmcdi.benchmark.hold_out(adata, args.protocol, args.ratio, seed=seed,
-                                         panel={"n_top_genes": 1000, "flavor": "seurat_v3"})
-        val = stmcdi.benchmark.hold_out(test.adata, "entries", 0.1, seed=1000 + seed)
+        _, val = validation_split(adata, seed, args.protocol, args.ratio, {"n_top_genes": 1000, "flavor": "seurat_v3"})
         X = val.adata.X
         counts = np.asarray(X.toarray() if hasattr(X, "toarray") else X, dtype=np.float64)
         for k in args.neighbors:
@@ -123,8 +122,7 @@ def main() -> None:
                     row = {"seed": seed, "neighbors": k, "ridge": ridge, "readout": name,
                            **{m: s[m] for m in ("per_gene_pcc", "pcc", "rmse")}}
                     rows.append(row)
-                    print(" ".join(f"{a}={b:.4f}" if isinstance(b, float) else f"{a}={b}" for a, b in row.items()),
-                          flush=True)
+                    print(format_row(row), flush=True)
     df = pd.DataFrame(rows)
     if args.csv:
         df.to_csv(args.csv, index=False)

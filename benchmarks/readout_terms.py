@@ -28,7 +28,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import torch
-from tune import CONFIGS, _train_kwargs
+from tune import CONFIGS, _train_kwargs, format_row, validation_split
 
 import stmcdi
 
@@ -82,9 +82,7 @@ def main() -> None:
     adata = ad.read_h5ad(args.data)
     rows = []
     for seed in args.seeds:
-        test = stmcdi.benchmark.hold_out(adata, args.protocol, args.ratio, seed=seed,
-                                         panel={"n_top_genes": 1000, "flavor": "seurat_v3"})
-        val = stmcdi.benchmark.hold_out(test.adata, "entries", 0.1, seed=1000 + seed)
+        _, val = validation_split(adata, seed, args.protocol, args.ratio, {"n_top_genes": 1000, "flavor": "seurat_v3"})
         model_kw, train_kw = CONFIGS[args.config]
         if args.max_epochs is not None:
             train_kw = {"max_epochs": args.max_epochs}
@@ -103,8 +101,7 @@ def main() -> None:
             row = {"seed": seed, "config": args.config, "estimate": label,
                    **{k: s[k] for k in ("per_gene_pcc", "pcc", "rmse", "mae")}}
             rows.append(row)
-            print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
-                  flush=True)
+            print(format_row(row), flush=True)
         if args.csv:
             pd.DataFrame(rows).to_csv(args.csv, index=False)
     df = pd.DataFrame(rows)

@@ -22,6 +22,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import scvi
+from tune import format_row, validation_split
 
 import stmcdi
 
@@ -41,9 +42,7 @@ def main() -> None:
     adata = ad.read_h5ad(args.data)
     rows = []
     for seed in args.seeds:
-        test = stmcdi.benchmark.hold_out(adata, "entries", 0.1, seed=seed,
-                                         panel={"n_top_genes": 1000, "flavor": args.panel})
-        val = stmcdi.benchmark.hold_out(test.adata, "entries", 0.1, seed=1000 + seed)
+        _, val = validation_split(adata, seed, panel={"n_top_genes": 1000, "flavor": args.panel})
         a = val.adata.copy()
         stmcdi.pp.spatial_graph(a)
         stmcdi.STMCDI.setup_anndata(a)
@@ -69,8 +68,7 @@ def main() -> None:
                    "coverage_90": stmcdi.benchmark.interval_coverage(truth, draws, 0.9),
                    "calibrate_s": t_cal, "impute_s": t_imp}
             rows.append(row)
-            print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
-                  flush=True)
+            print(format_row(row), flush=True)
             del cal
     df = pd.DataFrame(rows)
     if args.csv:

@@ -74,6 +74,22 @@ def _train_kwargs(train: dict) -> dict:
     return {"enable_progress_bar": False, **train}
 
 
+def validation_split(adata, seed: int, protocol: str = "entries", ratio: float = 0.1, panel: dict | None = None,
+                     val_protocol: str = "entries", val_ratio: float = 0.1):
+    """The test split of ``seed`` (held out first, never read), then the validation split among its visible entries.
+
+    Returns ``(test, val)`` (:func:`stmcdi.benchmark.hold_out` results); ``val`` is scored, ``val.adata`` trained on.
+    """
+    test = stmcdi.benchmark.hold_out(adata, protocol, ratio, seed=seed, panel=panel)
+    val = stmcdi.benchmark.hold_out(test.adata, val_protocol, val_ratio, seed=1000 + seed)
+    return test, val
+
+
+def format_row(row: dict) -> str:
+    """One printed line of a result row: ``key=value``, floats to 4 decimals."""
+    return " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+
+
 def main() -> None:
     """Score each configuration on the validation entries and print the table."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -105,8 +121,7 @@ def main() -> None:
         panel = None
     rows = []
     for seed in args.seeds:
-        test = stmcdi.benchmark.hold_out(adata, args.protocol, args.ratio, seed=seed, panel=panel)
-        val = stmcdi.benchmark.hold_out(test.adata, args.val_protocol, args.val_ratio, seed=1000 + seed)
+        test, val = validation_split(adata, seed, args.protocol, args.ratio, panel, args.val_protocol, args.val_ratio)
         if "thin" not in (args.protocol, args.val_protocol):  # thinning thins the visible counts again
             assert not (val.mask.multiply(test.mask)).nnz  # validation entries are observed in the test split
         target = "zeros" if args.val_protocol == "thin" else "missing"  # as stmcdi.benchmark.evaluate does
@@ -115,7 +130,7 @@ def main() -> None:
             s = stmcdi.benchmark.score(val, methods[name](val.adata, seed=seed, target=target))
             row = {"seed": seed, "config": name, **{k: s[k] for k in ("per_gene_pcc", "pcc", "rmse", "mae")}}
             rows.append(row)
-            print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+            print(format_row(row), flush=True)
         for name in args.configs:
             model_kw, train_kw = CONFIGS[name]
             if args.max_epochs is not None:
@@ -145,8 +160,7 @@ def main() -> None:
                         row[f"coverage_90_{where}x{k}"] = stmcdi.benchmark.interval_coverage(val.truth, d, 0.9)
                 row["seconds"] = seconds
                 rows.append(row)
-                print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
-                      flush=True)
+                print(format_row(row), flush=True)
                 if args.csv:
                     pd.DataFrame(rows).to_csv(args.csv, index=False)
     df = pd.DataFrame(rows)
