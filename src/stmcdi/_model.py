@@ -37,6 +37,13 @@ _DEFAULT_SPREAD_SCALE = 1.25
 #: Most passes over the data a default training run makes (binds on sections of fewer than ~1000 spots).
 _MAX_DEFAULT_EPOCHS = 125
 
+#: Fewest spots for which the default read-out keeps the per-gene read-out of the spatial code with random targets
+#: (``STMCDIModule(latent_readout=...)``). On the ~250-spot Stahl sections (125 passes over each spot) it memorised
+#: training entries: removed after training, validation per-gene PCC rose 0.057 -> 0.124 and 0.212 -> 0.227. On
+#: the 3,639-spot DLPFC section (35 passes) it carried signal: removed, 0.094 -> 0.070 (benchmarks/readout_terms.py,
+#: docs/benchmarks.md "The spatial read-out"). The threshold sits where the epoch cap stops binding.
+_LATENT_READOUT_MIN_SPOTS = 1000
+
 #: Default reverse-diffusion samples per spot of :meth:`STMCDI.impute` and :meth:`STMCDI.calibrate_spread`. With
 #: the hybrid objective the samples give only the spread (the imputed value is the one-pass estimate), and they are
 #: most of the imputation's cost. On validation entries (benchmarks/sample_budget.py, seed 0), 10 samples
@@ -92,7 +99,9 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
     **module_kwargs
         Further :class:`~stmcdi.STMCDIModule` arguments (``mask_strategy``, ``input_mask``,
         ``representation_mask_ratio``, ``n_encoder_layers``, ``beta_end``, ``readout_init``, ``latent_readout``, ...), and
-        ``n_gene_groups``: with ``> 0``, the module's ``gene_groups`` are that many groups of genes of equal
+        ``n_gene_groups``. ``latent_readout`` left at ``None`` is ``True`` on sections of at least 1000 spots
+        (where the per-gene read-out of the spatial code carried signal on validation entries) and otherwise
+        follows the module's default (only with ``mask_strategy="nonzero"``). ``n_gene_groups``: with ``> 0``, the module's ``gene_groups`` are that many groups of genes of equal
         size by detected fraction (``stmcdi._model.detection_groups``, from the observed entries; off by default, see
         docs/benchmarks.md).
 
@@ -144,6 +153,8 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
         kwargs["expression_profile"] = self.n_expression_neighbors > 0
         if kwargs.get("spot_features", True) and kwargs.get("spot_feature_stats") is None:
             kwargs["spot_feature_stats"] = _spot_feature_stats(counts, x)
+        if kwargs.get("latent_readout") is None and self.summary_stats.n_cells >= _LATENT_READOUT_MIN_SPOTS:
+            kwargs["latent_readout"] = True  # large sections: the spatial code's read-out is not memorising
         n_gene_groups = kwargs.pop("n_gene_groups", 0)
         if n_gene_groups and kwargs.get("gene_groups") is None:
             kwargs["gene_groups"] = detection_groups(x, int(n_gene_groups))

@@ -36,6 +36,19 @@ def test_setup_registers_and_is_idempotent():
     assert "STMCDI model: 40 genes, 5 spatial neighbours" in model._model_summary_string
 
 
+def test_latent_readout_default_follows_the_section_size(monkeypatch):
+    from stmcdi import _model
+
+    adata = stmcdi.datasets.synthetic(n_spots=60, n_genes=12, seed=0)
+    STMCDI.setup_anndata(adata)
+    assert STMCDI(adata, **SMALL).module.readout is None  # small section, random targets
+    assert STMCDI(adata, mask_strategy="nonzero", **SMALL).module.readout is not None
+    monkeypatch.setattr(_model, "_LATENT_READOUT_MIN_SPOTS", 60)  # the section now counts as large
+    assert STMCDI(adata, **SMALL).module.readout is not None
+    assert STMCDI(adata, latent_readout=False, **SMALL).module.readout is None  # the user's choice stands
+    assert "latent_readout" not in STMCDI(adata, **SMALL).init_params_["kwargs"]["module_kwargs"]  # derived, not saved
+
+
 def test_spot_feature_statistics_come_from_the_observed_entries():
     _, held = held_out()
     a = held.adata
