@@ -187,6 +187,9 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
         self.spread_scale_: float | None = None
         self.spread_calibration_: dict | None = None
         self.init_params_ = self._get_init_params(locals())
+        if module_kwargs.get("latent_readout") is None and "latent_readout" in kwargs:
+            # derived from the section size: saved, so that loading onto another AnnData rebuilds the same read-out
+            self.init_params_["kwargs"]["module_kwargs"]["latent_readout"] = kwargs["latent_readout"]
 
     # ----------------------------------------------------------------------------- registration
     @classmethod

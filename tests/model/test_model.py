@@ -36,7 +36,7 @@ def test_setup_registers_and_is_idempotent():
     assert "STMCDI model: 40 genes, 5 spatial neighbours" in model._model_summary_string
 
 
-def test_latent_readout_default_follows_the_section_size(monkeypatch):
+def test_latent_readout_default_follows_the_section_size(monkeypatch, tmp_path):
     from stmcdi import _model
 
     adata = stmcdi.datasets.synthetic(n_spots=60, n_genes=12, seed=0)
@@ -46,7 +46,15 @@ def test_latent_readout_default_follows_the_section_size(monkeypatch):
     monkeypatch.setattr(_model, "_LATENT_READOUT_MIN_SPOTS", 60)  # the section now counts as large
     assert STMCDI(adata, **SMALL).module.readout is not None
     assert STMCDI(adata, latent_readout=False, **SMALL).module.readout is None  # the user's choice stands
-    assert "latent_readout" not in STMCDI(adata, **SMALL).init_params_["kwargs"]["module_kwargs"]  # derived, not saved
+    # the derived choice is saved: a model loaded onto a smaller AnnData rebuilds the same read-out
+    model = STMCDI(adata, **SMALL)
+    assert model.init_params_["kwargs"]["module_kwargs"]["latent_readout"] is True
+    model.train(max_epochs=1, batch_size=32, calibration_entries=0, **QUIET)
+    model.save(tmp_path / "m")
+    small = adata[:40].copy()
+    stmcdi.pp.spatial_graph(small)
+    STMCDI.setup_anndata(small)
+    assert STMCDI.load(tmp_path / "m", adata=small).module.readout is not None
 
 
 def test_spot_feature_statistics_come_from_the_observed_entries():
