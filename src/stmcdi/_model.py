@@ -101,9 +101,9 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
         ``representation_mask_ratio``, ``n_encoder_layers``, ``beta_end``, ``readout_init``, ``latent_readout``, ...), and
         ``n_gene_groups``. ``latent_readout`` left at ``None`` is ``True`` on sections of at least 1000 spots
         (where the per-gene read-out of the spatial code carried signal on validation entries) and otherwise
-        follows the module's default (only with ``mask_strategy="nonzero"``). ``n_gene_groups``: with ``> 0``, the module's ``gene_groups`` are that many groups of genes of equal
-        size by detected fraction (``stmcdi._model.detection_groups``, from the observed entries; off by default, see
-        docs/benchmarks.md).
+        follows the module's default (only with ``mask_strategy="nonzero"``). ``n_gene_groups``: with ``> 0``,
+        the module's ``gene_groups`` are that many groups of genes of equal size by detected fraction
+        (``stmcdi._model.detection_groups``, from the observed entries; off by default, see docs/benchmarks.md).
 
     Examples
     --------
