@@ -187,3 +187,50 @@ def test_collate_carries_the_expression_neighbours_counts():
     np.testing.assert_array_equal(np.nan_to_num(out["expression_counts"].numpy(), nan=-1.0),
                                   np.nan_to_num(c[expr], nan=-1.0))
     assert (out["expression_counts"] == 0).any()
+
+
+def test_expression_space_query_places_a_spot_from_its_visible_entries_only():
+    from stmcdi._data import ExpressionSpace
+
+    c = two_groups()
+    c[5, 3] = np.nan
+    space = ExpressionSpace(c)
+    rows = np.array([0, 5, 7])
+    # nothing hidden: the query is the table
+    np.testing.assert_array_equal(space.query(c[rows], rows, 5), space.table(5)[rows])
+    hidden = np.zeros((3, c.shape[1]), dtype=bool)
+    hidden[:, ::2] = True
+    a = space.query(c[rows], rows, 5, hidden=hidden)
+    assert a.shape == (3, 5) and a.dtype == np.int64 and (a != rows[:, None]).all()
+    changed = c[rows].copy()
+    changed[hidden] = 500.0  # a hidden entry has no say in the neighbours
+    np.testing.assert_array_equal(space.query(changed, rows, 5, hidden=hidden), a)
+    # and it does have one when visible
+    assert not np.array_equal(space.query(changed, rows, 5), a)
+    with pytest.raises(ValueError, match="n_neighbors"):
+        space.query(c[rows], rows, 40)
+
+
+def test_collate_with_a_target_sampler_hides_the_targets_from_the_neighbour_choice():
+    import torch
+
+    from stmcdi._module import draw_targets
+
+    c = two_groups()
+    c[3, 0] = np.nan
+    table = np.column_stack([np.arange(40), (np.arange(40) + 1) % 40])
+    sampler = lambda observed, nonzero: draw_targets(observed, nonzero, mask_ratio=(0.5, 0.5))
+    col = NeighborhoodCollate(c, table, n_hops=1, n_expression_neighbors=4, target_sampler=sampler)
+    torch.manual_seed(0)
+    seeds = np.array([0, 3, 8])
+    out = col({"spatial_nn": table[seeds]})
+    target = out["target"].numpy()
+    assert target.shape == (3, 30) and target.any(axis=1).all()
+    assert not target[1, 0]  # never a missing entry
+    expr = col.expression_space.query(c[seeds], seeds, 4, hidden=target).ravel()
+    np.testing.assert_array_equal(np.nan_to_num(out["expression_counts"].numpy(), nan=-1.0),
+                                  np.nan_to_num(c[expr], nan=-1.0))
+    # without expression neighbours, or when filling, the module draws the targets
+    assert "target" not in NeighborhoodCollate(c, table, n_hops=1, target_sampler=sampler)({"spatial_nn": table[[0]]})
+    zero = NeighborhoodCollate(c, table, n_hops=1, n_expression_neighbors=4, zeros_missing=True, target_sampler=sampler)
+    assert zero.target_sampler is None

@@ -21,15 +21,131 @@ from ._validation import missing_mask
 from .pp._normalize import library_size
 
 
+class ExpressionSpace:
+    """The principal-component space in which the expression neighbours are chosen.
+
+    The counts are log-normalised with library sizes from the observed entries (median target sum), each
+    gene is centred and scaled by its observed entries, missing entries are set to 0 (the gene's mean),
+    and the spots are compared by Euclidean distance over the first ``n_pcs`` principal components, as
+    MAGIC and scanpy's ``pp.neighbors`` do. Besides every spot's neighbours (:meth:`table`), the space
+    places a spot with some of its entries hidden (:meth:`query`): training chooses a spot's neighbours
+    without its training targets, as imputation chooses them without the entries it fills.
+
+    Parameters
+    ----------
+    counts
+        ``(n_obs, n_vars)`` dense or sparse counts; NaN marks missing entries.
+    missing
+        Optional boolean ``(n_obs, n_vars)`` matrix of further missing entries.
+    n_pcs
+        Principal components (at most ``min(n_obs, n_vars) - 1``).
+    seed
+        Seed of the randomised PCA solver on large sections.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> counts = np.array([[9, 0, 1], [8, 0, 2], [0, 9, 1], [0, 8, 2]], dtype=float)
+    >>> space = ExpressionSpace(counts, n_pcs=2)
+    >>> space.table(1)[:, 0].tolist()
+    [1, 0, 3, 2]
+    >>> hide = np.array([[True, False, False]])  # spot 0 without its first gene
+    >>> space.query(counts[[0]], np.array([0]), 1, hidden=hide).shape
+    (1, 1)
+    """
+
+    def __init__(self, counts, missing: sp.csr_matrix | None = None, n_pcs: int = 10, seed: int = 0):
+        from sklearn.decomposition import PCA
+
+        from .pp._normalize import log_normalize
+
+        n_obs, n_vars = counts.shape
+        x, library, target_sum = log_normalize(counts, missing_mask(counts, missing))
+        obs = ~np.isnan(x)
+        n = np.maximum(obs.sum(axis=0), 1)
+        mean = np.where(obs, x, 0.0).sum(axis=0) / n
+        sd = np.sqrt(np.where(obs, (x - mean) ** 2, 0.0).sum(axis=0) / n)
+        self.gene_mean = mean.astype(np.float32)
+        self.gene_sd = np.where(sd > 1e-8, sd, 1.0).astype(np.float32)
+        self.library = np.asarray(library, dtype=np.float64)
+        self.target_sum = float(target_sum)
+        z = np.where(obs, (x - self.gene_mean) / self.gene_sd, 0.0).astype(np.float32)
+        n_pcs = int(max(1, min(n_pcs, min(n_obs, n_vars) - 1)))
+        self.pca = PCA(n_components=n_pcs, random_state=seed).fit(z)
+        #: ``(n_obs, n_pcs)`` coordinates of every spot, from all its observed entries
+        self.coords = self.pca.transform(z).astype(np.float32)
+
+    @property
+    def n_obs(self) -> int:
+        """Number of spots."""
+        return self.coords.shape[0]
+
+    def table(self, n_neighbors: int) -> np.ndarray:
+        """Each spot's ``n_neighbors`` nearest other spots, nearest first: int64 ``(n_obs, n_neighbors)``."""
+        from sklearn.neighbors import NearestNeighbors
+
+        self._check(n_neighbors)
+        idx = NearestNeighbors(n_neighbors=n_neighbors + 1).fit(self.coords).kneighbors(
+            self.coords, return_distance=False)
+        return _drop_self(idx, np.arange(self.n_obs), n_neighbors)
+
+    def query(self, counts: np.ndarray, rows: np.ndarray, n_neighbors: int, hidden: np.ndarray | None = None):
+        """Nearest spots of spots ``rows`` placed from their visible entries only.
+
+        Parameters
+        ----------
+        counts
+            Dense ``(B, n_vars)`` counts of the spots ``rows``; NaN marks missing entries.
+        rows
+            ``(B,)`` their row indices (a spot is never its own neighbour).
+        n_neighbors
+            Neighbours per spot.
+        hidden
+            Optional boolean ``(B, n_vars)`` observed entries to hide as well. The library sizes stay those
+            of the observed entries, as in the batches the module reads.
+
+        Returns
+        -------
+        int64 ``(B, n_neighbors)`` row indices, nearest first.
+        """
+        self._check(n_neighbors)
+        rows = np.asarray(rows, dtype=np.int64)
+        counts = np.asarray(counts, dtype=np.float64)
+        visible = ~np.isnan(counts)
+        if hidden is not None:
+            visible &= ~np.asarray(hidden, dtype=bool)
+        lib = self.library[rows]
+        scale = np.divide(self.target_sum, lib, out=np.ones_like(lib), where=lib > 0)
+        x = np.log1p(np.nan_to_num(counts, nan=0.0) * scale[:, None])
+        z = np.where(visible, (x - self.gene_mean) / self.gene_sd, 0.0).astype(np.float32)
+        q = self.pca.transform(z).astype(np.float32)
+        d = (q * q).sum(1)[:, None] - 2.0 * q @ self.coords.T + (self.coords * self.coords).sum(1)[None, :]
+        k = n_neighbors + 1
+        part = np.argpartition(d, k - 1, axis=1)[:, :k]
+        order = np.take_along_axis(d, part, axis=1).argsort(axis=1, kind="stable")
+        return _drop_self(np.take_along_axis(part, order, axis=1), rows, n_neighbors)
+
+    def _check(self, n_neighbors: int) -> None:
+        if not 1 <= n_neighbors < self.n_obs:
+            raise ValueError(f"n_neighbors must be in [1, n_obs - 1] = [1, {self.n_obs - 1}], got {n_neighbors}.")
+
+
+def _drop_self(idx: np.ndarray, rows: np.ndarray, n_neighbors: int) -> np.ndarray:
+    """Drop each spot itself from its ``n_neighbors + 1`` nearest (normally, not always, the first column)."""
+    keep = idx != rows[:, None]
+    out = np.empty((idx.shape[0], n_neighbors), dtype=np.int64)
+    for i in range(idx.shape[0]):
+        out[i] = idx[i][keep[i]][:n_neighbors]
+    return out
+
+
 def expression_neighbor_table(
     counts, missing: sp.csr_matrix | None = None, n_neighbors: int = 20, n_pcs: int = 10, seed: int = 0
 ) -> np.ndarray:
     """Each spot's nearest spots in expression space, from its observed entries only.
 
-    The counts are log-normalised with library sizes from the observed entries (median target sum), each
-    gene is centred and scaled by its observed entries, missing entries are set to 0 (the gene's mean),
-    and the spots are compared by Euclidean distance over the first ``n_pcs`` principal components, as
-    MAGIC and scanpy's ``pp.neighbors`` do. A spot is never its own neighbour.
+    The space is :class:`ExpressionSpace` (log-normalised, standardised observed entries, ``n_pcs``
+    principal components, Euclidean distance). A spot is never its own neighbour.
 
     Parameters
     ----------
@@ -55,30 +171,10 @@ def expression_neighbor_table(
     >>> expression_neighbor_table(counts, n_neighbors=1, n_pcs=2)[:, 0].tolist()
     [1, 0, 3, 2]
     """
-    from sklearn.decomposition import PCA
-    from sklearn.neighbors import NearestNeighbors
-
-    from .pp._normalize import log_normalize
-
-    n_obs, n_vars = counts.shape
+    n_obs = counts.shape[0]
     if not 1 <= n_neighbors < n_obs:
         raise ValueError(f"n_neighbors must be in [1, n_obs - 1] = [1, {n_obs - 1}], got {n_neighbors}.")
-    x, _, _ = log_normalize(counts, missing_mask(counts, missing))
-    obs = ~np.isnan(x)
-    n = np.maximum(obs.sum(axis=0), 1)
-    mean = np.where(obs, x, 0.0).sum(axis=0) / n
-    sd = np.sqrt(np.where(obs, (x - mean) ** 2, 0.0).sum(axis=0) / n)
-    z = np.where(obs, (x - mean) / np.where(sd > 1e-8, sd, 1.0), 0.0).astype(np.float32)
-    n_pcs = int(max(1, min(n_pcs, min(n_obs, n_vars) - 1)))
-    pcs = PCA(n_components=n_pcs, random_state=seed).fit_transform(z)
-    idx = NearestNeighbors(n_neighbors=n_neighbors + 1).fit(pcs).kneighbors(pcs, return_distance=False)
-    # drop each spot itself (normally the first column; not always with duplicate profiles)
-    rows = np.arange(n_obs)[:, None]
-    keep = idx != rows
-    out = np.empty((n_obs, n_neighbors), dtype=np.int64)
-    for i in range(n_obs):
-        out[i] = idx[i][keep[i]][:n_neighbors]
-    return out
+    return ExpressionSpace(counts, missing, n_pcs, seed).table(n_neighbors)
 
 
 def registered_counts(adata_manager: AnnDataManager):
@@ -116,6 +212,13 @@ class NeighborhoodCollate:
         With ``> 0``, every batch also carries the counts of each batch spot's nearest spots in expression
         space (:func:`expression_neighbor_table` on the observed entries, computed once here; at most
         ``n_obs - 1``).
+    target_sampler
+        Optional callable ``(observed, nonzero) -> target`` on boolean ``(B, G)`` tensors that draws the
+        training targets of a batch's spots (:func:`stmcdi.STMCDIModule.sample_targets`'s rule). With it and
+        expression neighbours, the collate draws the targets (batch key ``target``) and chooses each batch
+        spot's expression neighbours without its targets (:meth:`ExpressionSpace.query`): a target then
+        has no say in which spots the profile is read from, as a held-out entry at imputation has none.
+        Without expression neighbours it is ignored (the module draws the targets).
 
     Returns
     -------
@@ -125,7 +228,8 @@ class NeighborhoodCollate:
     ``n_expression_neighbors = m > 0`` also ``expression_counts`` ``(B * m, G)`` (spot ``i``'s neighbours
     are rows ``i*m .. i*m + m - 1``; NaN at missing entries) and ``expression_library`` ``(B * m,)``.
     With ``fill`` or ``zeros_missing`` also ``target``: boolean ``(B, G)``, the batch spots' missing
-    entries and their entries to fill (which keep their counts in ``counts``).
+    entries and their entries to fill (which keep their counts in ``counts``); with ``target_sampler``,
+    the drawn training targets.
 
     Examples
     --------
@@ -139,7 +243,7 @@ class NeighborhoodCollate:
 
     def __init__(
         self, counts, table: np.ndarray, n_hops: int, missing=None, zeros_missing: bool = False,
-        n_expression_neighbors: int = 0, fill=None,
+        n_expression_neighbors: int = 0, fill=None, target_sampler=None,
     ):
         miss = missing_mask(counts, missing)
         csr = sp.csr_matrix(counts, dtype=np.float32, copy=True)
@@ -160,13 +264,18 @@ class NeighborhoodCollate:
                 raise ValueError(f"`fill` has shape {self.fill.shape}; expected {self.counts.shape}.")
         self.n_expression_neighbors = int(min(n_expression_neighbors, counts.shape[0] - 1))
         self.expression_table = None
+        self.expression_space = None
+        self.target_sampler = None
         if self.n_expression_neighbors > 0:  # chosen on what the batches show as observed
-            self.expression_table = expression_neighbor_table(counts, miss, self.n_expression_neighbors)
+            self.expression_space = ExpressionSpace(counts, miss)
+            self.expression_table = self.expression_space.table(self.n_expression_neighbors)
+            if target_sampler is not None and not self.zeros_missing and self.fill is None:
+                self.target_sampler = target_sampler
 
     @classmethod
     def from_manager(
         cls, adata_manager: AnnDataManager, n_hops: int, zeros_missing: bool = False, extra_missing=None,
-        n_expression_neighbors: int = 0, fill=None,
+        n_expression_neighbors: int = 0, fill=None, target_sampler=None,
     ):
         """Build the collate from a registered AnnData (counts, optional missing layer, neighbour table).
 
@@ -179,7 +288,7 @@ class NeighborhoodCollate:
             mask = extra if mask is None else (sp.csr_matrix(mask).astype(bool) + extra).astype(bool)
         table = np.asarray(adata_manager.get_from_registry(REGISTRY_KEYS.NEIGHBORS_KEY))
         return cls(X, table, n_hops, missing=mask, zeros_missing=zeros_missing,
-                   n_expression_neighbors=n_expression_neighbors, fill=fill)
+                   n_expression_neighbors=n_expression_neighbors, fill=fill, target_sampler=target_sampler)
 
     def __deepcopy__(self, memo):
         # AnnDataLoader deep-copies its kwargs; the store is read-only, so share it instead of copying it.
@@ -237,10 +346,17 @@ class NeighborhoodCollate:
             BATCH_KEYS.ROW: torch.from_numpy(seeds),
         }
         target = self._target(seeds, counts[: len(seeds)])
+        expr = None
+        if self.target_sampler is not None:
+            own = counts[: len(seeds)]
+            target = self.target_sampler(torch.from_numpy(~np.isnan(own)), torch.from_numpy(own > 0))
+            target = np.asarray(target, dtype=bool)
+            expr = self.expression_space.query(own, seeds, self.n_expression_neighbors, hidden=target).ravel()
         if target is not None:
             out[BATCH_KEYS.TARGET] = torch.from_numpy(target)
         if self.expression_table is not None:
-            expr = self.expression_table[seeds].ravel()
+            if expr is None:
+                expr = self.expression_table[seeds].ravel()
             out[BATCH_KEYS.EXPRESSION_COUNTS] = torch.from_numpy(self._counts(expr))
             out[BATCH_KEYS.EXPRESSION_LIBRARY] = torch.from_numpy(self.library[expr])
         return out
@@ -248,11 +364,11 @@ class NeighborhoodCollate:
 
 def neighborhood_loader_kwargs(
     adata_manager: AnnDataManager, n_hops: int, zeros_missing: bool = False, extra_missing=None,
-    n_expression_neighbors: int = 0, fill=None,
+    n_expression_neighbors: int = 0, fill=None, target_sampler=None,
 ) -> dict:
     """Keyword arguments that make an :class:`~scvi.dataloaders.AnnDataLoader` yield neighbourhood batches."""
     collate = NeighborhoodCollate.from_manager(adata_manager, n_hops, zeros_missing, extra_missing,
-                                               n_expression_neighbors, fill)
+                                               n_expression_neighbors, fill, target_sampler)
     return {"data_and_attributes": {REGISTRY_KEYS.NEIGHBORS_KEY: np.int64}, "collate_fn": collate}
 
 
@@ -274,16 +390,20 @@ class NeighborhoodDataSplitter(DataSplitter):
         spread on this way.
     n_expression_neighbors
         Expression-space neighbours each batch carries (see :class:`NeighborhoodCollate`); 0 for none.
+    target_sampler
+        Optional training-target rule: the batches carry their targets and expression neighbours chosen
+        without them (see :class:`NeighborhoodCollate`).
     **kwargs
         Passed to :class:`~scvi.dataloaders.DataSplitter`.
     """
 
     def __init__(
         self, adata_manager: AnnDataManager, *args, n_hops: int = 3, extra_missing=None,
-        n_expression_neighbors: int = 0, **kwargs,
+        n_expression_neighbors: int = 0, target_sampler=None, **kwargs,
     ):
         loader_kwargs = neighborhood_loader_kwargs(
-            adata_manager, n_hops, extra_missing=extra_missing, n_expression_neighbors=n_expression_neighbors
+            adata_manager, n_hops, extra_missing=extra_missing, n_expression_neighbors=n_expression_neighbors,
+            target_sampler=target_sampler,
         )
         for key, value in loader_kwargs.items():
             kwargs.setdefault(key, value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import warnings
@@ -22,7 +23,7 @@ from scvi.utils import setup_anndata_dsp
 
 from ._constants import BATCH_KEYS, KEYS, REGISTRY_KEYS
 from ._data import NeighborhoodDataSplitter, neighborhood_loader_kwargs, registered_counts
-from ._module import DDIM_STEPS, STMCDIModule
+from ._module import DDIM_STEPS, STMCDIModule, draw_targets
 from ._training_plan import DiffusionTrainingPlan
 from ._validation import check_counts, check_not_view, get_coordinates, get_layer, missing_mask
 from .pp._graph import check_neighbor_table, spatial_graph
@@ -96,6 +97,12 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
         (``expression_profile`` of :class:`~stmcdi.STMCDIModule`); at most ``n_obs - 1``. ``0`` conditions on
         the spatial neighbours alone, as the paper does. Chosen on validation entries (docs/benchmarks.md,
         "Expression neighbours").
+    blind_expression_neighbors
+        In training, choose each batch spot's expression neighbours without its training targets
+        (``stmcdi._data.ExpressionSpace.query``), as imputation chooses them without the entries it fills.
+        ``False`` reads every spot's profile from neighbours chosen on all its observed entries, targets
+        included, so that training sees a profile that partly knows the targets (docs/benchmarks.md,
+        "Expression neighbours chosen without the targets").
     **module_kwargs
         Further :class:`~stmcdi.STMCDIModule` arguments (``mask_strategy``, ``input_mask``,
         ``representation_mask_ratio``, ``n_encoder_layers``, ``beta_end``, ``readout_init``, ``latent_readout``, ...), and
@@ -133,6 +140,7 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
         n_diffusion_steps: int = 50,
         mask_ratio: float | Sequence[float] = (0.1, 0.9),
         n_expression_neighbors: int = 20,
+        blind_expression_neighbors: bool = True,
         **module_kwargs,
     ):
         super().__init__(adata, registry)
@@ -144,6 +152,8 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
             )
         #: expression neighbours each batch carries (capped at n_obs - 1)
         self.n_expression_neighbors = int(min(n_expression_neighbors, self.summary_stats.n_cells - 1))
+        #: training chooses the expression neighbours without the batch spots' targets
+        self.blind_expression_neighbors = bool(blind_expression_neighbors)
         counts, mask = registered_counts(self.adata_manager)
         x, _, target_sum = log_normalize(counts, missing_mask(counts, mask))
         mean, std = _gene_stats(x)
@@ -426,6 +436,9 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
         datasplitter_kwargs = dict(datasplitter_kwargs or {})
         datasplitter_kwargs.setdefault("n_hops", self.module.n_hops)
         datasplitter_kwargs.setdefault("n_expression_neighbors", self.n_expression_neighbors)
+        if self.blind_expression_neighbors and self.n_expression_neighbors > 0:
+            datasplitter_kwargs.setdefault("target_sampler", functools.partial(
+                draw_targets, mask_strategy=self.module.mask_strategy, mask_ratio=self.module.mask_ratio))
         if isinstance(calibration_entries, bool) or not isinstance(calibration_entries, int | np.integer) \
                 or calibration_entries < 0:
             raise ValueError(

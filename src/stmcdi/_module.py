@@ -23,6 +23,66 @@ N_SPOT_FEATURES = 3
 DDIM_STEPS = 10
 
 
+def draw_targets(
+    observed: torch.Tensor,
+    nonzero: torch.Tensor | None = None,
+    *,
+    mask_strategy: str = "entries",
+    mask_ratio: tuple[float, float] = (0.1, 0.9),
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Draw training targets among the observed entries (the rule of :meth:`STMCDIModule.sample_targets`).
+
+    Parameters
+    ----------
+    observed
+        Boolean ``(B, G)``: the observed entries of the batch's spots.
+    nonzero
+        Boolean ``(B, G)``: the nonzero entries, required by ``mask_strategy="nonzero"``.
+    mask_strategy
+        ``"entries"``, ``"nonzero"``, ``"spots"`` or ``"genes"``.
+    mask_ratio
+        ``(low, high)`` range of the ratio each spot draws.
+    generator
+        Random generator on ``observed``'s device (``None``: torch's global one).
+
+    Returns
+    -------
+    Boolean ``(B, G)`` tensor of targets, a subset of ``observed``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> observed = torch.ones(3, 5, dtype=torch.bool)
+    >>> target = draw_targets(observed, mask_ratio=(0.5, 0.5), generator=torch.Generator().manual_seed(0))
+    >>> target.shape, bool(target.any(dim=1).all())
+    (torch.Size([3, 5]), True)
+    """
+    if mask_strategy == "nonzero":
+        if nonzero is None:
+            raise ValueError("mask_strategy='nonzero' needs `nonzero`, the boolean nonzero entries.")
+        observed = observed & nonzero.to(torch.bool)
+    b, g = observed.shape
+    dev = observed.device
+    lo, hi = mask_ratio
+    ratio = lo + (hi - lo) * torch.rand(b, 1, device=dev, generator=generator)
+    if mask_strategy in ("entries", "nonzero"):
+        target = torch.rand(b, g, device=dev, generator=generator) < ratio
+    elif mask_strategy == "spots":
+        target = (torch.rand(b, 1, device=dev, generator=generator) < ratio).expand(b, g)
+    else:  # genes
+        target = (torch.rand(1, g, device=dev, generator=generator) < ratio[:1]).expand(b, g)
+    target = target & observed
+    if mask_strategy in ("entries", "nonzero"):
+        # keep at least one target per spot that has an observed entry
+        empty = ~target.any(dim=1) & observed.any(dim=1)
+        if empty.any():
+            scores = torch.rand(b, g, device=dev, generator=generator).masked_fill(~observed, -1.0)
+            first = torch.zeros_like(target).scatter_(1, scores.argmax(dim=1, keepdim=True), True)
+            target = target | (first & empty[:, None])
+    return target
+
+
 class STMCDIModule(BaseModuleClass):
     r"""Masked conditional diffusion with a spatial graph encoder (stMCDI).
 
@@ -400,29 +460,8 @@ class STMCDIModule(BaseModuleClass):
         >>> bool((target & ~observed).any()), target.any(dim=1).tolist()
         (False, [True, True, True, True])
         """
-        if self.mask_strategy == "nonzero":
-            if nonzero is None:
-                raise ValueError("mask_strategy='nonzero' needs `nonzero`, the boolean nonzero entries.")
-            observed = observed & nonzero.to(torch.bool)
-        b, g = observed.shape
-        dev = observed.device
-        lo, hi = self.mask_ratio
-        ratio = lo + (hi - lo) * torch.rand(b, 1, device=dev, generator=generator)
-        if self.mask_strategy in ("entries", "nonzero"):
-            target = torch.rand(b, g, device=dev, generator=generator) < ratio
-        elif self.mask_strategy == "spots":
-            target = (torch.rand(b, 1, device=dev, generator=generator) < ratio).expand(b, g)
-        else:  # genes
-            target = (torch.rand(1, g, device=dev, generator=generator) < ratio[:1]).expand(b, g)
-        target = target & observed
-        if self.mask_strategy in ("entries", "nonzero"):
-            # keep at least one target per spot that has an observed entry
-            empty = ~target.any(dim=1) & observed.any(dim=1)
-            if empty.any():
-                scores = torch.rand(b, g, device=dev, generator=generator).masked_fill(~observed, -1.0)
-                first = torch.zeros_like(target).scatter_(1, scores.argmax(dim=1, keepdim=True), True)
-                target = target | (first & empty[:, None])
-        return target
+        return draw_targets(observed, nonzero, mask_strategy=self.mask_strategy, mask_ratio=self.mask_ratio,
+                            generator=generator)
 
     def spot_summary(self, counts: torch.Tensor, x: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
         r"""Standardised summaries of each spot's visible entries.
@@ -503,6 +542,8 @@ class STMCDIModule(BaseModuleClass):
             "n_seed": tensors[BATCH_KEYS.ROW].shape[0],
             "expression_counts": tensors.get(BATCH_KEYS.EXPRESSION_COUNTS),
             "expression_library": tensors.get(BATCH_KEYS.EXPRESSION_LIBRARY),
+            # drawn by the collate when it chooses expression neighbours without them (training)
+            "target": tensors.get(BATCH_KEYS.TARGET),
         }
 
     @auto_move_data

@@ -99,6 +99,33 @@ def test_expression_neighbours_option():
             STMCDI(a, n_expression_neighbors=bad, **SMALL)
 
 
+
+
+def test_training_chooses_expression_neighbours_without_the_targets(monkeypatch, tmp_path):
+    _, held = held_out()
+    a = held.adata
+    seen = []
+    for blind in (True, False):
+        scvi.settings.seed = 0
+        STMCDI.setup_anndata(a)
+        model = STMCDI(a, blind_expression_neighbors=blind, **SMALL)
+        assert model.blind_expression_neighbors is blind
+        inference = model.module.inference
+
+        def spy(*args, _blind=blind, _inference=inference, _module=model.module, **kw):
+            if _module.training:  # not the calibration pass after training, which passes its entries
+                seen.append((_blind, kw.get("target") is not None))
+            return _inference(*args, **kw)
+
+        monkeypatch.setattr(model.module, "inference", spy)
+        model.train(max_epochs=1, batch_size=32, **QUIET)
+        monkeypatch.undo()
+    # blind: every training batch brings the targets the collate drew and hid from the neighbour choice
+    assert {s for b, s in seen if b} == {True} and {s for b, s in seen if not b} == {False}
+    model.save(tmp_path / "m")
+    assert STMCDI.load(tmp_path / "m", adata=a).blind_expression_neighbors is False
+
+
 def test_gene_groups_by_detected_fraction():
     from stmcdi._model import detection_groups
 
