@@ -51,6 +51,7 @@ CONFIGS: dict[str, tuple[dict, dict]] = {
     "no_spot_features": ({"spot_features": False}, {}),
     "no_expression": ({"n_expression_neighbors": 0}, {}),
     "sighted_neighbors": ({"blind_expression_neighbors": False}, {}),
+    "blind_library": ({"blind_library": True}, {}),
     "no_expression_no_spot": ({"n_expression_neighbors": 0, "spot_features": False}, {}),
     "expression10": ({"n_expression_neighbors": 10}, {}),
     "expression40": ({"n_expression_neighbors": 40}, {}),

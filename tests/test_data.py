@@ -234,3 +234,27 @@ def test_collate_with_a_target_sampler_hides_the_targets_from_the_neighbour_choi
     assert "target" not in NeighborhoodCollate(c, table, n_hops=1, target_sampler=sampler)({"spatial_nn": table[[0]]})
     zero = NeighborhoodCollate(c, table, n_hops=1, n_expression_neighbors=4, zeros_missing=True, target_sampler=sampler)
     assert zero.target_sampler is None
+
+
+def test_collate_can_leave_the_targets_out_of_the_library():
+    import torch
+
+    from stmcdi._module import draw_targets
+
+    c = two_groups()
+    c[3, 0] = np.nan
+    table = np.column_stack([np.arange(40), (np.arange(40) + 1) % 40])
+    sampler = lambda observed, nonzero: draw_targets(observed, nonzero, mask_ratio=(0.5, 0.5))
+    seeds = np.array([0, 3, 8])
+    full = NeighborhoodCollate(c, table, n_hops=1)({"spatial_nn": table[seeds]})["library"].numpy()
+    col = NeighborhoodCollate(c, table, n_hops=1, target_sampler=sampler, library_without_targets=True)
+    torch.manual_seed(0)
+    out = col({"spatial_nn": table[seeds]})
+    target = out["target"].numpy()
+    lib = out["library"].numpy()
+    np.testing.assert_allclose(lib[:3], np.nansum(np.where(target, 0.0, c[seeds]), axis=1))
+    assert (lib[:3] < full[:3]).all()
+    np.testing.assert_array_equal(lib[3:], full[3:])  # the neighbour nodes keep their libraries
+    # neither option: the module draws the targets
+    off = NeighborhoodCollate(c, table, n_hops=1, target_sampler=sampler)
+    assert off.target_sampler is None and "target" not in off({"spatial_nn": table[seeds]})

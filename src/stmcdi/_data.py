@@ -89,7 +89,10 @@ class ExpressionSpace:
             self.coords, return_distance=False)
         return _drop_self(idx, np.arange(self.n_obs), n_neighbors)
 
-    def query(self, counts: np.ndarray, rows: np.ndarray, n_neighbors: int, hidden: np.ndarray | None = None):
+    def query(
+        self, counts: np.ndarray, rows: np.ndarray, n_neighbors: int, hidden: np.ndarray | None = None,
+        library: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Nearest spots of spots ``rows`` placed from their visible entries only.
 
         Parameters
@@ -101,8 +104,9 @@ class ExpressionSpace:
         n_neighbors
             Neighbours per spot.
         hidden
-            Optional boolean ``(B, n_vars)`` observed entries to hide as well. The library sizes stay those
-            of the observed entries, as in the batches the module reads.
+            Optional boolean ``(B, n_vars)`` observed entries to hide as well.
+        library
+            Optional ``(B,)`` library sizes to log-normalise with; default those of the observed entries.
 
         Returns
         -------
@@ -114,7 +118,7 @@ class ExpressionSpace:
         visible = ~np.isnan(counts)
         if hidden is not None:
             visible &= ~np.asarray(hidden, dtype=bool)
-        lib = self.library[rows]
+        lib = self.library[rows] if library is None else np.asarray(library, dtype=np.float64)
         scale = np.divide(self.target_sum, lib, out=np.ones_like(lib), where=lib > 0)
         x = np.log1p(np.nan_to_num(counts, nan=0.0) * scale[:, None])
         z = np.where(visible, (x - self.gene_mean) / self.gene_sd, 0.0).astype(np.float32)
@@ -214,11 +218,20 @@ class NeighborhoodCollate:
         ``n_obs - 1``).
     target_sampler
         Optional callable ``(observed, nonzero) -> target`` on boolean ``(B, G)`` tensors that draws the
-        training targets of a batch's spots (:func:`stmcdi.STMCDIModule.sample_targets`'s rule). With it and
-        expression neighbours, the collate draws the targets (batch key ``target``) and chooses each batch
-        spot's expression neighbours without its targets (:meth:`ExpressionSpace.query`): a target then
-        has no say in which spots the profile is read from, as a held-out entry at imputation has none.
-        Without expression neighbours it is ignored (the module draws the targets).
+        training targets of a batch's spots (the rule of :meth:`stmcdi.STMCDIModule.sample_targets`). With
+        it the collate draws the targets (batch key ``target``), so that what it gathers can be made
+        without them (``neighbors_without_targets``, ``library_without_targets``); it is ignored with
+        ``fill`` or ``zeros_missing`` (imputation) and when neither option applies.
+    neighbors_without_targets
+        With ``target_sampler`` and expression neighbours: choose each batch spot's expression neighbours
+        without its targets (:meth:`ExpressionSpace.query`). A target then has no say in which spots its
+        profile is read from, as a held-out entry at imputation has none.
+    library_without_targets
+        With ``target_sampler``: a batch spot's library size (batch key ``library``) is the sum of its
+        counts that are not targets. At imputation the library holds the observed counts only and the
+        held-out truth is scaled by it (:func:`stmcdi.benchmark.hold_out`); with the full library a target
+        would be scaled by a library that contains it, and the library would tell the network the sum of
+        the targets. The neighbour nodes keep their full libraries.
 
     Returns
     -------
@@ -244,6 +257,7 @@ class NeighborhoodCollate:
     def __init__(
         self, counts, table: np.ndarray, n_hops: int, missing=None, zeros_missing: bool = False,
         n_expression_neighbors: int = 0, fill=None, target_sampler=None,
+        neighbors_without_targets: bool = True, library_without_targets: bool = False,
     ):
         miss = missing_mask(counts, missing)
         csr = sp.csr_matrix(counts, dtype=np.float32, copy=True)
@@ -265,22 +279,26 @@ class NeighborhoodCollate:
         self.n_expression_neighbors = int(min(n_expression_neighbors, counts.shape[0] - 1))
         self.expression_table = None
         self.expression_space = None
-        self.target_sampler = None
         if self.n_expression_neighbors > 0:  # chosen on what the batches show as observed
             self.expression_space = ExpressionSpace(counts, miss)
             self.expression_table = self.expression_space.table(self.n_expression_neighbors)
-            if target_sampler is not None and not self.zeros_missing and self.fill is None:
-                self.target_sampler = target_sampler
+        self.neighbors_without_targets = bool(neighbors_without_targets and self.expression_space is not None)
+        self.library_without_targets = bool(library_without_targets)
+        self.target_sampler = None
+        if target_sampler is not None and not self.zeros_missing and self.fill is None \
+                and (self.neighbors_without_targets or self.library_without_targets):
+            self.target_sampler = target_sampler
 
     @classmethod
     def from_manager(
         cls, adata_manager: AnnDataManager, n_hops: int, zeros_missing: bool = False, extra_missing=None,
-        n_expression_neighbors: int = 0, fill=None, target_sampler=None,
+        n_expression_neighbors: int = 0, fill=None, target_sampler=None, **kwargs,
     ):
         """Build the collate from a registered AnnData (counts, optional missing layer, neighbour table).
 
         ``extra_missing`` (boolean, the data's shape) marks further entries to treat as missing (also when
-        the expression neighbours are chosen); ``fill`` marks observed entries to fill (see the class).
+        the expression neighbours are chosen); ``fill`` marks observed entries to fill; ``target_sampler``
+        and ``**kwargs`` (``neighbors_without_targets``, ``library_without_targets``): see the class.
         """
         X, mask = registered_counts(adata_manager)
         if extra_missing is not None:
@@ -288,7 +306,8 @@ class NeighborhoodCollate:
             mask = extra if mask is None else (sp.csr_matrix(mask).astype(bool) + extra).astype(bool)
         table = np.asarray(adata_manager.get_from_registry(REGISTRY_KEYS.NEIGHBORS_KEY))
         return cls(X, table, n_hops, missing=mask, zeros_missing=zeros_missing,
-                   n_expression_neighbors=n_expression_neighbors, fill=fill, target_sampler=target_sampler)
+                   n_expression_neighbors=n_expression_neighbors, fill=fill, target_sampler=target_sampler,
+                   **kwargs)
 
     def __deepcopy__(self, memo):
         # AnnDataLoader deep-copies its kwargs; the store is read-only, so share it instead of copying it.
@@ -351,7 +370,14 @@ class NeighborhoodCollate:
             own = counts[: len(seeds)]
             target = self.target_sampler(torch.from_numpy(~np.isnan(own)), torch.from_numpy(own > 0))
             target = np.asarray(target, dtype=bool)
-            expr = self.expression_space.query(own, seeds, self.n_expression_neighbors, hidden=target).ravel()
+            library = self.library[seeds]
+            if self.library_without_targets:
+                library = library - np.where(target, np.nan_to_num(own, nan=0.0), 0.0).sum(axis=1)
+                library = np.maximum(library, 0.0).astype(np.float32)
+                out[BATCH_KEYS.LIBRARY][: len(seeds)] = torch.from_numpy(library)
+            if self.neighbors_without_targets:
+                expr = self.expression_space.query(own, seeds, self.n_expression_neighbors, hidden=target,
+                                                   library=library).ravel()
         if target is not None:
             out[BATCH_KEYS.TARGET] = torch.from_numpy(target)
         if self.expression_table is not None:
@@ -364,11 +390,11 @@ class NeighborhoodCollate:
 
 def neighborhood_loader_kwargs(
     adata_manager: AnnDataManager, n_hops: int, zeros_missing: bool = False, extra_missing=None,
-    n_expression_neighbors: int = 0, fill=None, target_sampler=None,
+    n_expression_neighbors: int = 0, fill=None, target_sampler=None, **kwargs,
 ) -> dict:
     """Keyword arguments that make an :class:`~scvi.dataloaders.AnnDataLoader` yield neighbourhood batches."""
     collate = NeighborhoodCollate.from_manager(adata_manager, n_hops, zeros_missing, extra_missing,
-                                               n_expression_neighbors, fill, target_sampler)
+                                               n_expression_neighbors, fill, target_sampler, **kwargs)
     return {"data_and_attributes": {REGISTRY_KEYS.NEIGHBORS_KEY: np.int64}, "collate_fn": collate}
 
 
@@ -390,20 +416,22 @@ class NeighborhoodDataSplitter(DataSplitter):
         spread on this way.
     n_expression_neighbors
         Expression-space neighbours each batch carries (see :class:`NeighborhoodCollate`); 0 for none.
-    target_sampler
-        Optional training-target rule: the batches carry their targets and expression neighbours chosen
-        without them (see :class:`NeighborhoodCollate`).
+    target_sampler, neighbors_without_targets, library_without_targets
+        Optional training-target rule: the batches carry their targets, and their expression neighbours
+        and library sizes can be made without them (see :class:`NeighborhoodCollate`).
     **kwargs
         Passed to :class:`~scvi.dataloaders.DataSplitter`.
     """
 
     def __init__(
         self, adata_manager: AnnDataManager, *args, n_hops: int = 3, extra_missing=None,
-        n_expression_neighbors: int = 0, target_sampler=None, **kwargs,
+        n_expression_neighbors: int = 0, target_sampler=None, neighbors_without_targets: bool = True,
+        library_without_targets: bool = False, **kwargs,
     ):
         loader_kwargs = neighborhood_loader_kwargs(
             adata_manager, n_hops, extra_missing=extra_missing, n_expression_neighbors=n_expression_neighbors,
-            target_sampler=target_sampler,
+            target_sampler=target_sampler, neighbors_without_targets=neighbors_without_targets,
+            library_without_targets=library_without_targets,
         )
         for key, value in loader_kwargs.items():
             kwargs.setdefault(key, value)

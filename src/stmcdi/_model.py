@@ -103,6 +103,11 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
         ``False`` reads every spot's profile from neighbours chosen on all its observed entries, targets
         included, so that training sees a profile that partly knows the targets (docs/benchmarks.md,
         "Expression neighbours chosen without the targets").
+    blind_library
+        In training, a batch spot's library size is the sum of its counts that are not training targets,
+        as at imputation, where it holds the observed counts only and the held-out truth is scaled by it.
+        ``False`` scales a spot's targets and condition by its full observed library, which contains the
+        targets.
     **module_kwargs
         Further :class:`~stmcdi.STMCDIModule` arguments (``mask_strategy``, ``input_mask``,
         ``representation_mask_ratio``, ``n_encoder_layers``, ``beta_end``, ``readout_init``, ``latent_readout``, ...), and
@@ -141,6 +146,7 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
         mask_ratio: float | Sequence[float] = (0.1, 0.9),
         n_expression_neighbors: int = 20,
         blind_expression_neighbors: bool = True,
+        blind_library: bool = False,
         **module_kwargs,
     ):
         super().__init__(adata, registry)
@@ -154,6 +160,8 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
         self.n_expression_neighbors = int(min(n_expression_neighbors, self.summary_stats.n_cells - 1))
         #: training chooses the expression neighbours without the batch spots' targets
         self.blind_expression_neighbors = bool(blind_expression_neighbors)
+        #: training scales each batch spot by the library of its non-target counts
+        self.blind_library = bool(blind_library)
         counts, mask = registered_counts(self.adata_manager)
         x, _, target_sum = log_normalize(counts, missing_mask(counts, mask))
         mean, std = _gene_stats(x)
@@ -436,9 +444,11 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
         datasplitter_kwargs = dict(datasplitter_kwargs or {})
         datasplitter_kwargs.setdefault("n_hops", self.module.n_hops)
         datasplitter_kwargs.setdefault("n_expression_neighbors", self.n_expression_neighbors)
-        if self.blind_expression_neighbors and self.n_expression_neighbors > 0:
+        if self.blind_library or (self.blind_expression_neighbors and self.n_expression_neighbors > 0):
             datasplitter_kwargs.setdefault("target_sampler", functools.partial(
                 draw_targets, mask_strategy=self.module.mask_strategy, mask_ratio=self.module.mask_ratio))
+            datasplitter_kwargs.setdefault("neighbors_without_targets", self.blind_expression_neighbors)
+            datasplitter_kwargs.setdefault("library_without_targets", self.blind_library)
         if isinstance(calibration_entries, bool) or not isinstance(calibration_entries, int | np.integer) \
                 or calibration_entries < 0:
             raise ValueError(

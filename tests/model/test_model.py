@@ -101,29 +101,30 @@ def test_expression_neighbours_option():
 
 
 
-def test_training_chooses_expression_neighbours_without_the_targets(monkeypatch, tmp_path):
+def test_training_chooses_expression_neighbours_and_library_without_the_targets(monkeypatch, tmp_path):
     _, held = held_out()
     a = held.adata
-    seen = []
-    for blind in (True, False):
+    seen = {}
+    for blind, library in ((True, False), (False, False), (False, True)):
         scvi.settings.seed = 0
         STMCDI.setup_anndata(a)
-        model = STMCDI(a, blind_expression_neighbors=blind, **SMALL)
-        assert model.blind_expression_neighbors is blind
+        model = STMCDI(a, blind_expression_neighbors=blind, blind_library=library, **SMALL)
+        assert model.blind_expression_neighbors is blind and model.blind_library is library
         inference = model.module.inference
 
-        def spy(*args, _blind=blind, _inference=inference, _module=model.module, **kw):
+        def spy(*args, _key=(blind, library), _inference=inference, _module=model.module, **kw):
             if _module.training:  # not the calibration pass after training, which passes its entries
-                seen.append((_blind, kw.get("target") is not None))
+                seen.setdefault(_key, set()).add(kw.get("target") is not None)
             return _inference(*args, **kw)
 
         monkeypatch.setattr(model.module, "inference", spy)
         model.train(max_epochs=1, batch_size=32, **QUIET)
         monkeypatch.undo()
-    # blind: every training batch brings the targets the collate drew and hid from the neighbour choice
-    assert {s for b, s in seen if b} == {True} and {s for b, s in seen if not b} == {False}
+    # either option: every training batch brings the targets the collate drew (and left out of what it made)
+    assert seen == {(True, False): {True}, (False, False): {False}, (False, True): {True}}
     model.save(tmp_path / "m")
-    assert STMCDI.load(tmp_path / "m", adata=a).blind_expression_neighbors is False
+    loaded = STMCDI.load(tmp_path / "m", adata=a)
+    assert loaded.blind_expression_neighbors is False and loaded.blind_library is True
 
 
 def test_gene_groups_by_detected_fraction():
