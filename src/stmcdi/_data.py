@@ -74,6 +74,7 @@ class ExpressionSpace:
         self.pca = PCA(n_components=n_pcs, random_state=seed).fit(z)
         #: ``(n_obs, n_pcs)`` coordinates of every spot, from all its observed entries
         self.coords = self.pca.transform(z).astype(np.float32)
+        self._sq_norms = (self.coords * self.coords).sum(axis=1)  # for the distances of every query
 
     @property
     def n_obs(self) -> int:
@@ -123,7 +124,7 @@ class ExpressionSpace:
         x = np.log1p(np.nan_to_num(counts, nan=0.0) * scale[:, None])
         z = np.where(visible, (x - self.gene_mean) / self.gene_sd, 0.0).astype(np.float32)
         q = self.pca.transform(z).astype(np.float32)
-        d = (q * q).sum(1)[:, None] - 2.0 * q @ self.coords.T + (self.coords * self.coords).sum(1)[None, :]
+        d = (q * q).sum(1)[:, None] - 2.0 * q @ self.coords.T + self._sq_norms[None, :]
         k = n_neighbors + 1
         part = np.argpartition(d, k - 1, axis=1)[:, :k]
         order = np.take_along_axis(d, part, axis=1).argsort(axis=1, kind="stable")
