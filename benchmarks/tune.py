@@ -52,6 +52,7 @@ CONFIGS: dict[str, tuple[dict, dict]] = {
     "no_expression": ({"n_expression_neighbors": 0}, {}),
     "sighted_neighbors": ({"blind_expression_neighbors": False}, {}),
     "blind_library": ({"blind_library": True}, {}),
+    "no_depth": ({"depth_weight": 0.0}, {}),
     "no_expression_no_spot": ({"n_expression_neighbors": 0, "spot_features": False}, {}),
     "expression10": ({"n_expression_neighbors": 10}, {}),
     "expression40": ({"n_expression_neighbors": 40}, {}),
@@ -87,6 +88,18 @@ def validation_split(adata, seed: int, protocol: str = "entries", ratio: float =
     return test, val
 
 
+def _estimates(outputs, r, c):
+    """``(label, estimate, draws at the scored entries)`` of each imputation: the model's own estimate, and where it
+    is not the samples' mean, that mean and the average of the two."""
+    for name, out in outputs:
+        draws = out["samples"][:, r, c].astype(np.float64)
+        sample_mean = out["samples"].mean(0)
+        yield name, out["mean"], draws
+        if not np.allclose(sample_mean[r, c], out["mean"][r, c]):
+            yield f"{name}:sample-mean", sample_mean, draws
+            yield f"{name}:blend", 0.5 * (sample_mean + out["mean"]), draws
+
+
 def format_row(row: dict) -> str:
     """One printed line of a result row: ``key=value``, floats to 4 decimals."""
     return " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
@@ -112,6 +125,9 @@ def main() -> None:
                    help="also score these methods on the same validation entries (BASELINES names, 'magic', 'scvi')")
     p.add_argument("--csv", default=None)
     p.add_argument("--max-epochs", type=int, default=None, help="override the training length (smoke runs)")
+    p.add_argument("--depth-weights", type=float, nargs="*", default=[],
+                   help="also score each configuration's fit at these depth weights (STMCDI(depth_weight=...), "
+                        "applied at imputation only: one fit, one imputation per weight), as 'config:depthW'")
     args = p.parse_args()
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
@@ -142,14 +158,13 @@ def main() -> None:
             out = method(val.adata, seed=seed, target=target)
             seconds = time.perf_counter() - t0
             r, c = val.mask.nonzero()
-            draws = out["samples"][:, r, c].astype(np.float64)
-            sample_mean = out["samples"].mean(0)
-            # point estimates: the model's own, and where it is not the samples' mean, that mean and the average
-            estimates = {name: out["mean"]}
-            if not np.allclose(sample_mean[r, c], out["mean"][r, c]):
-                estimates[f"{name}:sample-mean"] = sample_mean
-                estimates[f"{name}:blend"] = 0.5 * (sample_mean + out["mean"])
-            for label, est in estimates.items():
+            outputs = [(name, out)]
+            model = method.last_model
+            for w in args.depth_weights:  # the same fit, imputed with another weight of the depth term
+                model.module.depth_weight = float(w)  # the point estimate only: the samples do not move
+                outputs.append((f"{name}:depth{w:g}", model.impute(target=target, inplace=False,
+                                                                    return_samples=True, seed=seed)))
+            for label, est, draws in _estimates(outputs, r, c):
                 s = stmcdi.benchmark.score(val, est)
                 row = {"seed": seed, "config": label, **{k: s[k] for k in ("per_gene_pcc", "pcc", "rmse", "mae")},
                        "crps": stmcdi.benchmark.crps_ensemble(val.truth, draws),

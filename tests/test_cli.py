@@ -29,10 +29,12 @@ def test_model_options_reach_the_model_and_impute():
     model, _, impute = _model_kwargs(args)
     assert model["mask_strategy"] == "nonzero" and model["objective"] == "mae" and impute["spread_scale"] == 1.5
     assert "n_expression_neighbors" not in model and "spot_features" not in model and "n_gene_groups" not in model
+    assert "depth_weight" not in model
     args = build_parser().parse_args(["impute", "x.h5ad", "-o", "y.h5ad", "--expression-neighbors", "0",
-                                      "--no-spot-features", "--gene-groups", "10"])
+                                      "--no-spot-features", "--gene-groups", "10", "--depth-weight", "0"])
     model, _, _ = _model_kwargs(args)
     assert model["n_expression_neighbors"] == 0 and model["spot_features"] is False and model["n_gene_groups"] == 10
+    assert model["depth_weight"] == 0.0
     with pytest.raises(SystemExit):
         build_parser().parse_args(["impute", "x.h5ad", "-o", "y.h5ad", "--mask-strategy", "rows"])
 

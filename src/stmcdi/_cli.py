@@ -55,6 +55,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                         "of similar detected fraction (default: the model's)")
     g.add_argument("--no-spot-features", action="store_true",
                    help="do not give the network the summaries of each spot's visible entries (an ablation)")
+    g.add_argument("--depth-weight", type=float, default=None,
+                   help="weight of the spot depth term added to the filled entries at imputation (default: the "
+                        "model's, 0.75; 0 imputes the network's output alone)")
     g.add_argument("--spread-scale", type=float, default=None,
                    help="factor on the samples' deviations from their mean (default: impute's)")
     g.add_argument("--seed", type=int, default=0, help="seed of training and sampling (default 0)")
@@ -86,6 +89,8 @@ def _model_kwargs(args) -> tuple[dict, dict, dict]:
         model["n_gene_groups"] = args.gene_groups
     if args.no_spot_features:
         model["spot_features"] = False
+    if args.depth_weight is not None:
+        model["depth_weight"] = args.depth_weight
     return model, train, impute
 
 

@@ -56,6 +56,8 @@ _MIN_CALIBRATION_ENTRIES = 100
 _CALIBRATION_STREAM = 0x5CA1E
 #: candidate spread scales, smallest first
 _SPREAD_GRID = np.round(np.arange(0.5, 5.0001, 0.05), 2)
+#: weight of the spot depth term at imputation (chosen on validation entries of two Stahl sections)
+DEPTH_WEIGHT = 0.75
 #: second word of the seed that splits the zeros into rounds (``impute(target="zeros")``)
 _ZERO_ROUNDS_STREAM = 0x2E505
 
@@ -108,6 +110,14 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
         as at imputation, where it holds the observed counts only and the held-out truth is scaled by it.
         ``False`` scales a spot's targets and condition by its full observed library, which contains the
         targets.
+    depth_weight
+        Weight of the spot depth term added to every filled entry at imputation (``depth_weight`` of
+        :class:`~stmcdi.STMCDIModule`: the spot's mean observed log-normalised value, centred, times this
+        weight), in ``layers["imputed"]`` only: the samples and their spread are not moved. The network,
+        trained with 10-90% of each spot hidden, leans on a spot's depth less than it should at imputation,
+        where 90% or more is visible. ``0`` imputes the network's output alone. The default was chosen on
+        validation entries (docs/benchmarks.md, "The spot depth term"); ``model.module.depth_weight`` can be
+        changed after training.
     **module_kwargs
         Further :class:`~stmcdi.STMCDIModule` arguments (``mask_strategy``, ``input_mask``,
         ``representation_mask_ratio``, ``n_encoder_layers``, ``beta_end``, ``readout_init``, ``latent_readout``, ...), and
@@ -147,6 +157,7 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
         n_expression_neighbors: int = 20,
         blind_expression_neighbors: bool = True,
         blind_library: bool = False,
+        depth_weight: float = DEPTH_WEIGHT,
         **module_kwargs,
     ):
         super().__init__(adata, registry)
@@ -169,7 +180,8 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
         mask_ratio = tuple(mask_ratio) if not np.isscalar(mask_ratio) else float(mask_ratio)
         kwargs = dict(module_kwargs)  # the saved init parameters keep the user's arguments only
         kwargs["expression_profile"] = self.n_expression_neighbors > 0
-        if kwargs.get("spot_features", True) and kwargs.get("spot_feature_stats") is None:
+        kwargs["depth_weight"] = depth_weight
+        if (kwargs.get("spot_features", True) or depth_weight) and kwargs.get("spot_feature_stats") is None:
             kwargs["spot_feature_stats"] = _spot_feature_stats(counts, x)
         if kwargs.get("latent_readout") is None and self.summary_stats.n_cells >= _LATENT_READOUT_MIN_SPOTS:
             kwargs["latent_readout"] = True  # large sections: the spatial code's read-out is not memorising
@@ -826,6 +838,9 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
                 ).float().cpu().numpy()
             else:
                 mean[rows] = draws.mean(0).numpy()
+                if self.module.depth_weight:  # the point estimate's depth term (predict() adds its own)
+                    shift = self.module.depth_shift(batch["counts"], batch["library"], len(rows)).float().cpu().numpy()
+                    mean[rows] = np.maximum(mean[rows] + shift, 0.0)  # observed entries are reset by impute()
             if spread_scale != 1.0:  # widen (or narrow) the samples around their own mean
                 centre = draws.mean(0, keepdim=True)
                 draws = (centre + spread_scale * (draws - centre)).clamp_min(0.0)

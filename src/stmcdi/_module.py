@@ -200,6 +200,17 @@ class STMCDIModule(BaseModuleClass):
         and one weight per gene: the profile says much about a well-detected gene and little about a sparse one,
         and per-gene weights are noisy on a few hundred spots. :class:`~stmcdi.STMCDI`'s ``n_gene_groups``
         groups the genes by detected fraction.
+    depth_weight
+        Weight :math:`\beta` of a spot depth term added to every filled entry of the point estimate
+        (:meth:`predict`; :class:`~stmcdi.STMCDI` adds it to the samples' mean of the other objectives), at
+        imputation only: :math:`\beta (m_i - \bar m)` (:meth:`depth_shift`), with :math:`m_i` the mean
+        log-normalised value of spot :math:`i`'s observed entries (the first spot summary, the "spot mean"
+        baseline) and :math:`\bar m` its mean over the training spots (``spot_feature_stats``), the result
+        kept at 0 or above. The samples of :meth:`sample` are not moved: shifting them raised the CRPS by 8-10%
+        on validation entries. In training the spot summaries are means over 10-90% of a spot's entries,
+        noisier than at imputation, and the network learns to lean on them less (regression dilution); on
+        shallow sections the depth of a spot is most of what is known about a random missing entry. Can be
+        changed after training (``module.depth_weight = ...``).
 
     Examples
     --------
@@ -263,8 +274,11 @@ class STMCDIModule(BaseModuleClass):
         readout_init: Literal["default", "zeros"] = "default",
         latent_readout: bool | None = None,
         gene_groups: np.ndarray | None = None,
+        depth_weight: float = 0.0,
     ):
         super().__init__()
+        if not (np.isfinite(depth_weight) and depth_weight >= 0.0):
+            raise ValueError(f"depth_weight must be a non-negative number, got {depth_weight!r}.")
         if objective not in ("diffusion", "mae", "hybrid"):
             raise ValueError(
                 "objective must be 'diffusion', 'mae' (the masked-autoencoder control) or 'hybrid' (both), "
@@ -298,6 +312,8 @@ class STMCDIModule(BaseModuleClass):
         self.objective = objective
         self.point_fraction = float(point_fraction)
         self.spot_features = bool(spot_features)
+        #: weight of the spot's depth term added to the filled entries at imputation (not in training)
+        self.depth_weight = float(depth_weight)
         self.expression_profile = bool(expression_profile)
         # step index of the one-pass task: 0 for the control (kept for saved models), its own index for "hybrid"
         self.point_step = n_diffusion_steps if objective == "hybrid" else 0
@@ -1052,7 +1068,10 @@ class STMCDIModule(BaseModuleClass):
         r = self._one_pass(x, target.to(x.dtype), inf["cond"], inf["z_in"], inf["x_hat"], inf["context"], base,
                            inf["profile"])
         filled = torch.where(target, base + r, x)
-        return self.unscale(filled).clamp_min(0.0)
+        values = self.unscale(filled).clamp_min(0.0)
+        if self.depth_weight:
+            values = (values + self.depth_shift(counts, library, n_seed) * target.to(values.dtype)).clamp_min(0.0)
+        return values
 
     def _inference_to_fill(self, counts, library, edge_index, n_seed, target, expression_counts,
                            expression_library) -> dict[str, torch.Tensor]:
@@ -1065,6 +1084,63 @@ class STMCDIModule(BaseModuleClass):
         return self.inference(counts, library, edge_index, n_seed, target=target,
                               expression_counts=expression_counts, expression_library=expression_library,
                               summarise=summarise)
+
+    def depth_shift(self, counts: torch.Tensor, library: torch.Tensor, n_seed: int) -> torch.Tensor:
+        r"""The depth term of the point estimate: ``depth_weight`` times :meth:`spot_depth` of each spot to fill.
+
+        Parameters
+        ----------
+        counts
+            ``(U, G)`` counts, NaN at the entries missing from the spot (the first ``n_seed`` rows are read);
+            every non-NaN entry is averaged, the observed entries to fill of ``impute(target="zeros")``
+            included, as the spot summaries read them.
+        library
+            ``(U,)`` library sizes from the observed entries.
+        n_seed
+            Number of spots to fill: rows ``0 .. n_seed-1``.
+
+        Returns
+        -------
+        ``(n_seed, 1)`` tensor on the log-normalised scale, to add to the spots' filled entries.
+
+        Examples
+        --------
+        >>> import numpy as np, torch
+        >>> module = STMCDIModule(2, np.zeros(2), np.ones(2), 4.0, depth_weight=0.5)
+        >>> module.depth_shift(torch.tensor([[1.0, float("nan")]]), torch.tensor([1.0]), n_seed=1)  # log1p(4) / 2
+        tensor([[0.8047]])
+        """
+        c = counts[:n_seed]
+        x = self.scale(c, library[:n_seed])
+        return self.depth_weight * self.spot_depth(x, ~torch.isnan(c))[:, None]
+
+    def spot_depth(self, x: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+        r"""Depth term of each spot: mean log-normalised value of its visible entries, centred (``depth_weight``).
+
+        Parameters
+        ----------
+        x
+            ``(B, G)`` scaled values (:meth:`scale`); only visible entries are read.
+        visible
+            ``(B, G)`` float or boolean indicator of the entries to average.
+
+        Returns
+        -------
+        ``(B,)`` tensor :math:`m_i - \bar m` in ``x``'s dtype, with :math:`\bar m` the first entry of
+        ``spot_feature_mean`` (the training spots' mean; 0 without ``spot_feature_stats``). A spot with no
+        visible entry gets :math:`-\bar m`.
+
+        Examples
+        --------
+        >>> import numpy as np, torch
+        >>> module = STMCDIModule(3, np.zeros(3), np.ones(3), 4.0, spot_feature_stats=(np.array([0.5, 0, 0]), np.ones(3)))
+        >>> x = torch.tensor([[1.0, 2.0, 9.0]])  # the third entry is hidden
+        >>> module.spot_depth(x, torch.tensor([[True, True, False]]))  # (1 + 2) / 2 - 0.5
+        tensor([1.])
+        """
+        vis = visible.to(x.dtype)
+        mean_value = (self.unscale(torch.nan_to_num(x)) * vis).sum(dim=1) / vis.sum(dim=1).clamp_min(1.0)
+        return mean_value - self.spot_feature_mean[0]
 
     def _one_pass(self, x, target, cond, z, x_hat, context, base, profile=None) -> torch.Tensor:
         """The one-pass task's residual (no noise in, step ``point_step``), clipped to the data range."""

@@ -50,3 +50,19 @@ def test_readout_terms_scores_each_term_of_the_readout(tmp_path, monkeypatch, ca
     assert df["estimate"].tolist() == ["one_pass", "readout", "readout_no_offset", "readout_no_profile"]
     assert df[["per_gene_pcc", "rmse"]].notna().all().all()
     assert df["rmse"].nunique() > 1  # removing a term changes the estimate
+
+
+def test_tune_scores_one_fit_at_several_depth_weights(tmp_path, monkeypatch, capsys):
+    adata = stmcdi.datasets.synthetic(n_spots=200, n_genes=16, seed=0)
+    path = tmp_path / "toy.h5ad"
+    adata.write_h5ad(path)
+    csv = tmp_path / "tune.csv"
+    _run("tune.py", ["--data", str(path), "--configs", "default", "--max-epochs", "1", "--depth-weights", "0", "1",
+                     "--csv", str(csv)], monkeypatch, capsys)
+    import pandas as pd
+
+    df = pd.read_csv(csv).set_index("config")
+    assert {"default", "default:depth0", "default:depth1"} <= set(df.index)
+    assert df["seconds"].nunique() == 1  # one fit
+    # weight 0 is the network's output alone; weight 1 moves every filled entry by its spot's depth term
+    assert df.loc["default:depth0", "rmse"] != df.loc["default:depth1", "rmse"]

@@ -399,3 +399,30 @@ def test_zeros_are_filled_in_rounds_with_the_other_zeros_visible():
     np.testing.assert_array_equal(again["mean"], two["mean"])  # seeded
     with pytest.raises(ValueError, match="zero_rounds"):
         model.impute(target="zeros", zero_rounds=0)
+
+
+def test_depth_weight_moves_the_point_estimate_not_the_samples_and_applies_to_every_objective():
+    _, held = held_out()
+    model = trained(held.adata, depth_weight=0.5)
+    assert model.module.depth_weight == 0.5 and model.init_params_["non_kwargs"]["depth_weight"] == 0.5
+    # the centre of the depth term is the training spots' mean observed log value, even without spot summaries
+    assert float(trained(held.adata, epochs=1, depth_weight=0.5, spot_features=False).module.spot_feature_mean[0]) > 0
+    a = model.impute(n_samples=4, n_steps=3, seed=1, inplace=False, return_samples=True)
+    rec = model.spread_calibration_
+    model.module.depth_weight = 0.0
+    b = model.impute(n_samples=4, n_steps=3, seed=1, inplace=False, return_samples=True)
+    assert model.spread_calibration_ is rec  # the spread does not depend on it
+    np.testing.assert_array_equal(a["samples"], b["samples"])
+    np.testing.assert_array_equal(a["std"], b["std"])
+    miss = np.isnan(held.adata.X.toarray())
+    assert not np.allclose(a["mean"][miss], b["mean"][miss])
+    np.testing.assert_array_equal(a["mean"][~miss], b["mean"][~miss])
+    # the samples' mean of the diffusion objective gets the same term
+    diff = trained(held.adata, epochs=1, objective="diffusion", depth_weight=0.5)
+    c = diff.impute(n_samples=2, n_steps=2, seed=1, inplace=False, return_samples=True)
+    diff.module.depth_weight = 0.0
+    c0 = diff.impute(n_samples=2, n_steps=2, seed=1, inplace=False, return_samples=True)
+    np.testing.assert_array_equal(c["samples"], c0["samples"])
+    assert not np.allclose(c["mean"][miss], c0["mean"][miss])
+    with pytest.raises(ValueError, match="depth_weight"):
+        trained(held.adata, epochs=1, depth_weight=-1.0)

@@ -310,3 +310,37 @@ def test_expression_profile_is_the_neighbours_mean_and_is_required():
     with pytest.raises(ValueError, match="expression_counts"):
         mod.inference(b["counts"], b["library"], b["edge_index"], 2)
     assert make_module().denoiser.n_token_features == 4 and make_module().expression_weight is None
+
+
+def test_depth_weight_shifts_the_point_estimate_by_the_spots_centred_mean_at_imputation_only():
+    stats = (np.array([0.8, 0.0, 0.0]), np.ones(3))
+    plain = make_module(spot_feature_stats=stats, objective="hybrid").eval()
+    shifted = make_module(spot_feature_stats=stats, objective="hybrid", depth_weight=0.7).eval()
+    shifted.load_state_dict(plain.state_dict())
+    b = batch()
+    counts, lib, edges = b["counts"], b["library"], b["edge_index"]
+    # the depth term: mean log-normalised value of each batch spot's observed entries, minus the training mean
+    x = torch.log1p(torch.nan_to_num(counts[:2]) * 100.0 / lib[:2, None])
+    visible = ~torch.isnan(counts[:2])
+    depth = (x * visible).sum(1) / visible.sum(1) - 0.8
+    torch.testing.assert_close(shifted.spot_depth(plain.scale(counts, lib)[:2], visible), depth)
+    torch.testing.assert_close(shifted.depth_shift(counts, lib, n_seed=2), 0.7 * depth[:, None])
+    p0 = plain.predict(counts, lib, edges, n_seed=2)
+    p1 = shifted.predict(counts, lib, edges, n_seed=2)
+    target = torch.isnan(counts[:2])
+    torch.testing.assert_close(p1[target], (p0 + 0.7 * depth[:, None])[target].clamp_min(0.0))
+    torch.testing.assert_close(p1[~target], p0[~target])  # observed entries keep their value
+    assert (depth > 0).all() and (p1[target] > p0[target]).all()
+    # the samples do not move
+    gen = lambda: torch.Generator().manual_seed(4)  # noqa: E731
+    s0 = plain.sample(counts, lib, edges, n_seed=2, n_samples=3, n_steps=2, generator=gen())
+    s1 = shifted.sample(counts, lib, edges, n_seed=2, n_samples=3, n_steps=2, generator=gen())
+    torch.testing.assert_close(s1, s0)
+    # training is unchanged: the same loss from the same batch and seed
+    torch.manual_seed(0)
+    l0 = plain.train()(b)[2].loss
+    torch.manual_seed(0)
+    l1 = shifted.train()(b)[2].loss
+    torch.testing.assert_close(l0, l1)
+    with pytest.raises(ValueError, match="depth_weight"):
+        make_module(depth_weight=-0.1)
