@@ -89,8 +89,10 @@ def validation_split(adata, seed: int, protocol: str = "entries", ratio: float =
 
 
 def _estimates(outputs, r, c):
-    """``(label, estimate, draws at the scored entries)`` of each imputation: the model's own estimate, and where it
-    is not the samples' mean, that mean and the average of the two."""
+    """``(label, estimate, draws at the scored entries)`` of each imputation.
+
+    The model's own estimate, and where it is not the samples' mean, that mean and the average of the two.
+    """
     for name, out in outputs:
         draws = out["samples"][:, r, c].astype(np.float64)
         sample_mean = out["samples"].mean(0)

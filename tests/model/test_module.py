@@ -332,7 +332,7 @@ def test_depth_weight_shifts_the_point_estimate_by_the_spots_centred_mean_at_imp
     torch.testing.assert_close(p1[~target], p0[~target])  # observed entries keep their value
     assert (depth > 0).all() and (p1[target] > p0[target]).all()
     # the samples do not move
-    gen = lambda: torch.Generator().manual_seed(4)  # noqa: E731
+    gen = lambda: torch.Generator().manual_seed(4)
     s0 = plain.sample(counts, lib, edges, n_seed=2, n_samples=3, n_steps=2, generator=gen())
     s1 = shifted.sample(counts, lib, edges, n_seed=2, n_samples=3, n_steps=2, generator=gen())
     torch.testing.assert_close(s1, s0)
