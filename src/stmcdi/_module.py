@@ -1086,7 +1086,7 @@ class STMCDIModule(BaseModuleClass):
                               summarise=summarise)
 
     def depth_shift(self, counts: torch.Tensor, library: torch.Tensor, n_seed: int) -> torch.Tensor:
-        r"""The depth term of the point estimate: ``depth_weight`` times :meth:`spot_depth` of each spot to fill.
+        r"""The depth term of the point estimate: ``depth_weight`` times the spot depth of each spot to fill.
 
         Parameters
         ----------
