@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import stmcdi
+from stmcdi._model import DEPTH_WEIGHT
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "benchmarks"
 
@@ -57,8 +58,8 @@ def test_tune_scores_one_fit_at_several_depth_weights(tmp_path, monkeypatch, cap
     path = tmp_path / "toy.h5ad"
     adata.write_h5ad(path)
     csv = tmp_path / "tune.csv"
-    _run("tune.py", ["--data", str(path), "--configs", "default", "--max-epochs", "1", "--depth-weights", "0", "1",
-                     "--csv", str(csv)], monkeypatch, capsys)
+    _run("tune.py", ["--data", str(path), "--configs", "default", "--max-epochs", "1", "--depth-weights", "0",
+                     f"{DEPTH_WEIGHT:g}", "1", "--csv", str(csv)], monkeypatch, capsys)
     import pandas as pd
 
     df = pd.read_csv(csv).set_index("config")
@@ -66,3 +67,23 @@ def test_tune_scores_one_fit_at_several_depth_weights(tmp_path, monkeypatch, cap
     assert df["seconds"].nunique() == 1  # one fit
     # weight 0 is the network's output alone; weight 1 moves every filled entry by its spot's depth term
     assert df.loc["default:depth0", "rmse"] != df.loc["default:depth1", "rmse"]
+    # the weights are applied to the fit's one estimate: at the default weight it is the fit's own estimate
+    assert df.loc[f"default:depth{DEPTH_WEIGHT:g}", "rmse"] == pytest.approx(df.loc["default", "rmse"])
+    assert df.loc["default:depth0", "crps"] == df.loc["default", "crps"]  # the samples do not move
+
+
+def test_tune_depth_weights_with_thin_validation(tmp_path, monkeypatch, capsys):
+    """With ``target="zeros"`` the observed zeros are filled too; the shortcut must reproduce the fit there."""
+    adata = stmcdi.datasets.synthetic(n_spots=200, n_genes=40, seed=0)
+    path = tmp_path / "toy.h5ad"
+    adata.write_h5ad(path)
+    csv = tmp_path / "tune.csv"
+    weight = f"{DEPTH_WEIGHT:g}"
+    _run("tune.py", ["--data", str(path), "--protocol", "thin", "--ratio", "0.5", "--val-protocol", "thin",
+                     "--val-ratio", "0.5", "--configs", "default", "--max-epochs", "1", "--depth-weights", "0",
+                     weight, "2", "--csv", str(csv)], monkeypatch, capsys)
+    import pandas as pd
+
+    df = pd.read_csv(csv).set_index("config")
+    assert df.loc[f"default:depth{weight}", "per_gene_pcc"] == pytest.approx(df.loc["default", "per_gene_pcc"])
+    assert df.loc["default:depth0", "rmse"] != df.loc["default:depth2", "rmse"]
