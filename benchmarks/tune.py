@@ -94,15 +94,30 @@ def validation_split(adata, seed: int, protocol: str = "entries", ratio: float =
 def _estimates(outputs, r, c):
     """``(label, estimate, draws at the scored entries)`` of each imputation.
 
-    The model's own estimate, and where it is not the samples' mean, that mean and the average of the two.
+    The model's own estimate, and for the first (the fit's own imputation) where it is not the samples' mean,
+    that mean and the average of the two; the others share the first's samples.
     """
-    for name, out in outputs:
+    for i, (name, out) in enumerate(outputs):
         draws = out["samples"][:, r, c].astype(np.float64)
         sample_mean = out["samples"].mean(0)
         yield name, out["mean"], draws
-        if not np.allclose(sample_mean[r, c], out["mean"][r, c]):
+        if i == 0 and not np.allclose(sample_mean[r, c], out["mean"][r, c]):
             yield f"{name}:sample-mean", sample_mean, draws
             yield f"{name}:blend", 0.5 * (sample_mean + out["mean"]), draws
+
+
+def one_pass_estimate(model, adata, target, seed, zero_rounds: int = 2) -> np.ndarray:
+    """The point estimate of a hybrid fit without its samples: ``impute()`` with one one-step sample.
+
+    The batches are those of ``impute()``'s default ``n_samples`` (the estimate moves by up to ~1e-4 with the
+    batch composition, float32 round-off of other batch shapes), so at the fit's settings it equals the fit's
+    own ``mean``.
+    """
+    if model.module.objective != "hybrid":
+        raise ValueError("one_pass_estimate needs a hybrid fit: the diffusion model's estimate is its samples' mean.")
+    batch_size = max(1, (640 if model.device.type != "cpu" else 160) // N_SAMPLES)
+    return model.impute(adata, n_samples=1, n_steps=1, spread_scale=1.0, target=target, inplace=False,
+                        seed=seed, batch_size=batch_size, zero_rounds=zero_rounds)["mean"]
 
 
 def depth_estimates(model, adata, mean, weights, target, seed):
@@ -118,11 +133,7 @@ def depth_estimates(model, adata, mean, weights, target, seed):
     w0 = module.depth_weight
     module.depth_weight = 0.0
     try:
-        # the fit's batches (impute()'s default for its default n_samples): the estimate moves by up to ~1e-4
-        # with the batch composition
-        batch_size = max(1, (640 if model.device.type != "cpu" else 160) // N_SAMPLES)
-        base = model.impute(adata, n_samples=1, n_steps=1, spread_scale=1.0, target=target, inplace=False,
-                            seed=seed, batch_size=batch_size)["mean"].astype(np.float64)
+        base = one_pass_estimate(model, adata, target, seed).astype(np.float64)
     finally:
         module.depth_weight = w0
     counts, mask = registered_counts(model.get_anndata_manager(adata, required=True))
@@ -173,6 +184,9 @@ def main() -> None:
                    help="also score each configuration's fit at these depth weights (STMCDI(depth_weight=...), "
                         "applied to the point estimate only: one fit, its samples, one extra one-pass "
                         "estimate for all weights), as 'config:depthW'")
+    p.add_argument("--zero-rounds", type=int, nargs="*", default=[],
+                   help="with --val-protocol thin: also score each fit's point estimate with its zeros filled in "
+                        "these numbers of rounds (impute(zero_rounds=...); default 2), as 'config:roundsK'")
     args = p.parse_args()
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
@@ -204,6 +218,11 @@ def main() -> None:
             seconds = time.perf_counter() - t0
             r, c = val.mask.nonzero()
             outputs = [(name, out)]
+            for k in args.zero_rounds:  # the same fit, its zeros filled in another number of rounds
+                if target != "zeros":
+                    p.error("--zero-rounds needs --val-protocol thin (impute(target='zeros'))")
+                est = one_pass_estimate(method.last_model, val.adata, target, seed, zero_rounds=k)
+                outputs.append((f"{name}:rounds{k}", {"mean": est, "samples": out["samples"]}))
             if args.depth_weights:  # the same fit and the same samples, the point estimate at other weights
                 for w, est in depth_estimates(method.last_model, val.adata, out["mean"], args.depth_weights,
                                               target, seed):

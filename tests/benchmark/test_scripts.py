@@ -81,9 +81,13 @@ def test_tune_depth_weights_with_thin_validation(tmp_path, monkeypatch, capsys):
     weight = f"{DEPTH_WEIGHT:g}"
     _run("tune.py", ["--data", str(path), "--protocol", "thin", "--ratio", "0.5", "--val-protocol", "thin",
                      "--val-ratio", "0.5", "--configs", "default", "--max-epochs", "1", "--depth-weights", "0",
-                     weight, "2", "--csv", str(csv)], monkeypatch, capsys)
+                     weight, "2", "--zero-rounds", "2", "3", "--csv", str(csv)], monkeypatch, capsys)
     import pandas as pd
 
     df = pd.read_csv(csv).set_index("config")
     assert df.loc[f"default:depth{weight}", "per_gene_pcc"] == pytest.approx(df.loc["default", "per_gene_pcc"])
     assert df.loc["default:depth0", "rmse"] != df.loc["default:depth2", "rmse"]
+    # the fit fills its zeros in 2 rounds: the shortcut at 2 rounds is the fit's estimate, 3 rounds another one
+    assert df.loc["default:rounds2", "rmse"] == pytest.approx(df.loc["default", "rmse"])
+    assert df.loc["default:rounds3", "rmse"] != pytest.approx(df.loc["default", "rmse"], abs=1e-7)
+    assert "default:depth0:sample-mean" not in df.index  # the other estimates share the fit's samples
