@@ -25,6 +25,8 @@ import warnings
 import anndata as ad
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
+import torch
 
 import stmcdi
 from stmcdi._data import registered_counts
@@ -138,11 +140,14 @@ def depth_estimates(model, adata, mean, weights, target, seed):
         module.depth_weight = w0
     counts, mask = registered_counts(model.get_anndata_manager(adata, required=True))
     missing = missing_mask(counts, mask)
-    exact, _, _ = stmcdi.pp.log_normalize(counts, missing, target_sum=float(module.target_sum))
-    observed = ~np.isnan(exact)
-    depth = np.where(observed, exact, 0.0).sum(1) / np.maximum(observed.sum(1), 1)
-    depth = depth - float(module.spot_feature_mean[0])
-    filled = ~observed if target == "missing" else ~observed | (exact == 0)  # as impute() fills them
+    c = counts.toarray() if sp.issparse(counts) else np.array(counts, dtype=np.float64)
+    c[missing.toarray()] = np.nan
+    library = np.nansum(c, axis=1)  # from the observed entries, as the model's batches carry it
+    with torch.inference_mode():  # the module's own depth term, at weight 1
+        ct = torch.as_tensor(c, dtype=torch.float32, device=module.gene_mean.device)
+        lt = torch.as_tensor(library, dtype=torch.float32, device=ct.device)
+        depth = module.spot_depth(module.scale(ct, lt), ~torch.isnan(ct)).double().cpu().numpy()
+    filled = np.isnan(c) if target == "missing" else np.isnan(c) | (c == 0)  # as impute() fills them
 
     def at(w):
         est = np.where(filled, np.maximum(base + w * depth[:, None], 0.0), base)
@@ -188,6 +193,8 @@ def main() -> None:
                    help="with --val-protocol thin: also score each fit's point estimate with its zeros filled in "
                         "these numbers of rounds (impute(zero_rounds=...); default 2), as 'config:roundsK'")
     args = p.parse_args()
+    if args.zero_rounds and args.val_protocol != "thin":
+        p.error("--zero-rounds needs --val-protocol thin (the zeros are filled with impute(target='zeros'))")
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
 
@@ -219,8 +226,6 @@ def main() -> None:
             r, c = val.mask.nonzero()
             outputs = [(name, out)]
             for k in args.zero_rounds:  # the same fit, its zeros filled in another number of rounds
-                if target != "zeros":
-                    p.error("--zero-rounds needs --val-protocol thin (impute(target='zeros'))")
                 est = one_pass_estimate(method.last_model, val.adata, target, seed, zero_rounds=k)
                 outputs.append((f"{name}:rounds{k}", {"mean": est, "samples": out["samples"]}))
             if args.depth_weights:  # the same fit and the same samples, the point estimate at other weights
