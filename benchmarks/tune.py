@@ -68,6 +68,7 @@ CONFIGS: dict[str, tuple[dict, dict]] = {
     # the read-out of the spatial code that the defaults before 2026-12-01 (third session) had with every mask
     "latent_readout": ({"latent_readout": True}, {}),
     "mask_nonzero_no_latent_readout": ({"mask_strategy": "nonzero", "latent_readout": False}, {}),
+    "mask_nonzero_expression40": ({"mask_strategy": "nonzero", "n_expression_neighbors": 40}, {}),
     # the defaults before 2026-12-01: spatial conditions only, about 2000 steps on small sections
     "former": ({"n_expression_neighbors": 0, "spot_features": False}, {"max_steps": 2000}),
 }
