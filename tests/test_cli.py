@@ -25,9 +25,11 @@ def test_model_options_reach_the_model_and_impute():
     model, _, impute = _model_kwargs(build_parser().parse_args(["impute", "x.h5ad", "-o", "y.h5ad"]))
     assert "mask_strategy" not in model and "objective" not in model and "spread_scale" not in impute
     args = build_parser().parse_args(["benchmark", "--data", "x.h5ad", "--mask-strategy", "nonzero",
-                                      "--objective", "mae", "--spread-scale", "1.5"])
+                                      "--objective", "mae", "--spread-scale", "1.5",
+                                      "--zero-dispersion", "0.25"])
     model, _, impute = _model_kwargs(args)
     assert model["mask_strategy"] == "nonzero" and model["objective"] == "mae" and impute["spread_scale"] == 1.5
+    assert impute["zero_dispersion"] == 0.25
     assert "n_expression_neighbors" not in model and "spot_features" not in model and "n_gene_groups" not in model
     assert "depth_weight" not in model
     args = build_parser().parse_args(["impute", "x.h5ad", "-o", "y.h5ad", "--expression-neighbors", "0",

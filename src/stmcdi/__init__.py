@@ -17,7 +17,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["STMCDI", "STMCDIModule", "DiffusionTrainingPlan", "benchmark", "datasets", "pl", "pp"]
+__all__ = ["STMCDI", "STMCDIModule", "DiffusionTrainingPlan", "zero_conditioned", "benchmark", "datasets", "pl", "pp"]
 
 
 def __getattr__(name: str):
@@ -35,4 +35,8 @@ def __getattr__(name: str):
         from ._training_plan import DiffusionTrainingPlan
 
         return DiffusionTrainingPlan
+    if name == "zero_conditioned":
+        from ._model import zero_conditioned
+
+        return zero_conditioned
     raise AttributeError(f"module 'stmcdi' has no attribute {name!r}")

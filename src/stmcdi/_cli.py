@@ -58,6 +58,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--depth-weight", type=float, default=None,
                    help="weight of the spot depth term added to the filled entries at imputation (default: the "
                         "model's, 0.75; 0 imputes the network's output alone)")
+    g.add_argument("--zero-dispersion", type=float, default=None,
+                   help="with zeros to fill (impute --target zeros, benchmark protocol thin): condition each filled "
+                        "zero on its zero count, gamma-Poisson with this dispersion (default 0: off)")
     g.add_argument("--spread-scale", type=float, default=None,
                    help="factor on the samples' deviations from their mean (default: impute's)")
     g.add_argument("--seed", type=int, default=0, help="seed of training and sampling (default 0)")
@@ -78,6 +81,8 @@ def _model_kwargs(args) -> tuple[dict, dict, dict]:
         impute["n_samples"] = args.n_samples
     if args.spread_scale is not None:
         impute["spread_scale"] = args.spread_scale
+    if args.zero_dispersion is not None:
+        impute["zero_dispersion"] = args.zero_dispersion
     model = {"encoder": args.encoder}
     if args.objective is not None:
         model["objective"] = args.objective

@@ -401,6 +401,44 @@ def test_zeros_are_filled_in_rounds_with_the_other_zeros_visible():
         model.impute(target="zeros", zero_rounds=0)
 
 
+def test_zero_dispersion_conditions_filled_zeros_on_their_zero_count_only():
+    from stmcdi import zero_conditioned
+
+    _, held = held_out()
+    a = held.adata
+    model = trained(a)
+    counts = a.X.toarray()
+    zeros = counts == 0
+    kw = {"n_samples": 3, "n_steps": 3, "seed": 4, "inplace": False}
+    plain = model.impute(target="zeros", **kw)
+    moved = model.impute(target="zeros", zero_dispersion=0.5, **kw)
+    missing = np.isnan(counts)
+    # NaN entries and observed nonzero counts are not moved; the samples' spread is not moved either
+    np.testing.assert_array_equal(moved["mean"][~zeros], plain["mean"][~zeros])
+    np.testing.assert_array_equal(moved["std"], plain["std"])
+    library = np.nansum(counts, axis=1)
+    expect = zero_conditioned(plain["mean"], library, float(model.module.target_sum), 0.5)
+    np.testing.assert_allclose(moved["mean"][zeros], expect[zeros], rtol=1e-6)
+    assert (moved["mean"][zeros] <= plain["mean"][zeros]).all()
+    assert (moved["mean"][zeros] < plain["mean"][zeros] - 1e-4).mean() > 0.5
+    assert missing.any()
+    with pytest.raises(ValueError, match="zero_dispersion"):
+        model.impute(target="zeros", zero_dispersion=-1.0)
+
+
+def test_zero_conditioned_moves_deeper_spots_more_and_keeps_empty_spots():
+    from stmcdi import zero_conditioned
+
+    v = np.full((3, 2), np.log1p(1.0), dtype=np.float32)
+    out = zero_conditioned(v, np.array([50.0, 200.0, 0.0]), 100.0, 1.0)
+    assert out.dtype == np.float32
+    # expected counts 0.5 and 2: posterior means 0.5 / 1.5 and 2 / 3, back on the scale of the spot
+    np.testing.assert_allclose(np.expm1(out[:2, 0]), [1 / 1.5, 1 / 3], rtol=1e-5)
+    np.testing.assert_array_equal(out[2], v[2])
+    np.testing.assert_array_equal(zero_conditioned(v, np.ones(3), 100.0, 0.0), v)
+    with pytest.raises(ValueError, match="non-negative"):
+        zero_conditioned(v, np.ones(3), 100.0, float("nan"))
+
 def test_depth_weight_moves_the_point_estimate_not_the_samples_and_applies_to_every_objective():
     _, held = held_out()
     model = trained(held.adata, depth_weight=0.5)
