@@ -91,3 +91,27 @@ def test_tune_depth_weights_with_thin_validation(tmp_path, monkeypatch, capsys):
     assert df.loc["default:rounds2", "rmse"] == pytest.approx(df.loc["default", "rmse"])
     assert df.loc["default:rounds3", "rmse"] != pytest.approx(df.loc["default", "rmse"], abs=1e-7)
     assert "default:depth0:sample-mean" not in df.index  # the other estimates share the fit's samples
+
+
+def test_thin_rmse_terms_splits_the_error_and_scores_the_moved_fills(tmp_path, monkeypatch, capsys):
+    adata = stmcdi.datasets.synthetic(n_spots=150, n_genes=30, seed=0)
+    path = tmp_path / "toy.h5ad"
+    adata.write_h5ad(path)
+    monkeypatch.syspath_prepend(str(SCRIPTS))  # the script imports tune.py beside it
+    csv = tmp_path / "terms.csv"
+    _run("thin_rmse_terms.py", ["--data", str(path), "--max-epochs", "1", "--baselines", "gene_mean",
+                                "--csv", str(csv), "--save", str(tmp_path / "fit")], monkeypatch, capsys)
+    import numpy as np
+    import pandas as pd
+
+    df = pd.read_csv(csv).set_index("method")
+    np.testing.assert_allclose(df["mse"], df["level"] + df["scatter"], rtol=1e-9)
+    np.testing.assert_allclose(df["rmse"] ** 2, df["mse"], rtol=1e-6)  # the package's score, the same entries
+    assert df.loc["stmcdi:true_level", "level"] < 1e-12
+    # moving the gene levels or shrinking within genes leaves the per-gene PCC unchanged
+    assert df.loc["stmcdi:shrink0.25", "per_gene_pcc"] == pytest.approx(df.loc["stmcdi", "per_gene_pcc"])
+    assert df.loc["stmcdi:shrink0.25", "level"] == pytest.approx(df.loc["stmcdi", "level"])
+    # conditioning the zeros on their count moves the fills down
+    assert df.loc["stmcdi:zero_dispersion1", "bias"] < df.loc["stmcdi", "bias"]
+    saved = np.load(tmp_path / "fit_s0.npz")
+    assert saved["samples"].shape[1] == saved["truth"].size == saved["mean"].size
