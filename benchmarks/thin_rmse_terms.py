@@ -92,15 +92,14 @@ def main() -> None:
         method = stmcdi.benchmark.stmcdi_method({}, train, samples=True)
         out = method(val.adata, seed=seed, target="zeros")
         est = {"stmcdi": out["mean"]}
+        library = np.asarray(val.adata.X.sum(1)).ravel()  # the visible counts: thin leaves no entry missing
+        target_sum = float(method.last_model.module.target_sum)
         if args.save:
             np.savez_compressed(f"{args.save}_s{seed}.npz", rows=r, cols=c, truth=truth, mean=out["mean"][r, c],
                                 samples=out["samples"][:, r, c],
-                                library=np.asarray(val.adata.X.sum(1)).ravel(),
-                                target_sum=float(method.last_model.module.target_sum))
+                                library=library, target_sum=target_sum)
         for name in args.baselines:
             est[name] = methods[name](val.adata, seed=seed, target="zeros")
-        library = np.asarray(val.adata.X.sum(1)).ravel()
-        target_sum = float(method.last_model.module.target_sum)
         preds = {k: np.asarray(v, dtype=np.float64)[r, c] for k, v in est.items()}
         zero_fills = {f"stmcdi:zero_dispersion{d:g}": stmcdi.zero_conditioned(preds["stmcdi"][:, None], library[r],
                                                                                target_sum, d)[:, 0]
