@@ -808,13 +808,11 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
         missing = missing_mask(counts, mask)
         if extra is not None:
             missing = (missing + extra).astype(bool)
-        exact, _, _ = log_normalize(counts, missing, target_sum=float(self.module.target_sum))
+        exact, library, _ = log_normalize(counts, missing, target_sum=float(self.module.target_sum))
         keep = ~np.isnan(exact)
         if zeros_missing:
             keep &= exact != 0  # log1p(c * s / l) is 0 exactly when the count is 0
         if zeros_missing and zero_dispersion > 0:  # the filled zeros, conditioned on their zero count
-            library = np.asarray(np.where(missing.toarray(), 0, counts.toarray() if sp.issparse(counts)
-                                          else np.asarray(counts)).sum(axis=1), dtype=np.float64).ravel()
             zero = (exact == 0) & ~keep
             moved = zero_conditioned(mean, library, float(self.module.target_sum), float(zero_dispersion))
             mean[zero] = moved[zero]
