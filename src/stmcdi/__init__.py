@@ -17,7 +17,8 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["STMCDI", "STMCDIModule", "DiffusionTrainingPlan", "zero_conditioned", "benchmark", "datasets", "pl", "pp"]
+__all__ = ["STMCDI", "STMCDIModule", "DiffusionTrainingPlan", "zero_conditioned", "within_gene_slope",
+           "shrink_within_genes", "benchmark", "datasets", "pl", "pp"]
 
 
 def __getattr__(name: str):
@@ -35,8 +36,8 @@ def __getattr__(name: str):
         from ._training_plan import DiffusionTrainingPlan
 
         return DiffusionTrainingPlan
-    if name == "zero_conditioned":
-        from ._model import zero_conditioned
+    if name in ("zero_conditioned", "within_gene_slope", "shrink_within_genes"):
+        from . import _model
 
-        return zero_conditioned
+        return getattr(_model, name)
     raise AttributeError(f"module 'stmcdi' has no attribute {name!r}")

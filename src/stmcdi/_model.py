@@ -50,6 +50,8 @@ _LATENT_READOUT_MIN_SPOTS = 1000
 #: most of the imputation's cost. On validation entries (benchmarks/sample_budget.py, seed 0), 10 samples
 #: (recalibrated) kept the 90% coverage at 3.7% more CRPS than 20 on both Stahl sections, for half the time.
 N_SAMPLES = 10
+#: the least factor ``impute(shrink="calibrated")`` takes: a noisy slope near 0 would flatten whole genes
+MIN_SHRINK = 0.1
 #: fewest held-back entries worth calibrating on (a coverage from 100 entries has a standard error of 0.03)
 _MIN_CALIBRATION_ENTRIES = 100
 #: second word of the calibration draw's seed, so it does not share a random stream with a hold-out split
@@ -605,6 +607,7 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
         seed = settings.seed if seed is None else seed
         gen = torch.Generator().manual_seed(int(seed if seed is not None else 0))
         draws = np.empty((n_samples, rows_all.size), dtype=np.float32)
+        estimate = np.empty(rows_all.size, dtype=np.float32)
         where = np.full(self.adata.n_obs, -1, dtype=np.int64)
         self.module.eval()
         for batch in loader:
@@ -612,20 +615,26 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
             out = self.module.sample(
                 batch["counts"], batch["library"], batch["edge_index"], len(rows),
                 n_samples=n_samples, sampler=sampler, n_steps=n_steps, generator=gen, **_expression_inputs(batch),
-            ).float().cpu().numpy()
+            ).float().cpu()
+            point = self._point_estimate(batch, out)
+            out = out.numpy()
             where[:] = -1
             where[rows] = np.arange(rows.size)
             sel = where[rows_all] >= 0
             draws[:, sel] = out[:, where[rows_all[sel]], cols[sel]]
+            estimate[sel] = point[where[rows_all[sel]], cols[sel]]
         chosen, coverage, unscaled = _choose_spread_scale(truth, draws, level)
+        slope = within_gene_slope(truth, estimate, cols)
         record = {
             "spread_scale": chosen, "level": float(level), "n_entries": int(truth.size),
             "coverage_unscaled": unscaled, "coverage": coverage,
             "n_samples": int(n_samples), "sampler": sampler, "n_steps": n_steps,
+            "within_gene_slope": slope, "shrink": float(np.clip(slope, MIN_SHRINK, 1.0)) if np.isfinite(slope) else 1.0,
         }
         logger.info(
-            "Spread calibrated on %d held-back entries: the %g%% interval covered %.3f as drawn, %.3f at scale %.2f.",
-            truth.size, 100 * level, unscaled, coverage, chosen,
+            "Spread calibrated on %d held-back entries: the %g%% interval covered %.3f as drawn, %.3f at scale %.2f; "
+            "within-gene slope of the truth on the estimate %.3f.",
+            truth.size, 100 * level, unscaled, coverage, chosen, slope,
         )
         self.spread_scale_ = chosen
         self.spread_calibration_ = record
@@ -657,6 +666,7 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
         spread_scale: float | None = None,
         zero_rounds: int = 2,
         zero_dispersion: float = 0.0,
+        shrink: float | Literal["calibrated"] = 1.0,
     ) -> dict[str, np.ndarray] | None:
         """Fill missing entries by reverse diffusion and write them to ``adata.layers``.
 
@@ -708,6 +718,13 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
             been seen. The samples (and ``std``) are not moved. On ``thin`` validation entries of the Ståhl
             sections, 0.25 lowered RMSE by 0.0005-0.003 at a per-gene PCC within 0.003
             (``benchmarks/thin_rmse_terms.py``); not a default, see the Benchmarks page.
+        shrink
+            Factor on each filled entry's deviation from its gene's mean fill (over the entries this call fills;
+            :func:`~stmcdi.shrink_within_genes`), applied before ``zero_dispersion``. ``"calibrated"`` takes the
+            within-gene slope of the truth on the estimate of the entries held back from training
+            (``model.spread_calibration_["shrink"]``, :func:`~stmcdi.within_gene_slope`, clipped to
+            ``[0.1, 1]`` so that no gene is flattened to a constant). ``1`` (default) keeps the estimate. A
+            positive factor changes no per-gene correlation (nor Moran's I); only the RMSE moves. The samples (and ``std``) are not moved. See the Benchmarks page for when it pays.
         batch_size
             Spots per batch. Default ``max(1, 160 // n_samples)`` on a CPU and ``max(1, 640 // n_samples)`` on
             an accelerator: memory and time scale with ``batch_size * n_samples * n_genes``, and on a 2-core
@@ -765,6 +782,19 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
         if not (isinstance(zero_dispersion, int | float | np.floating | np.integer) and np.isfinite(zero_dispersion)
                 and zero_dispersion >= 0):
             raise ValueError(f"zero_dispersion must be a non-negative number, got {zero_dispersion!r}.")
+        if isinstance(shrink, str):
+            if shrink != "calibrated":
+                raise ValueError(f"shrink must be a number in [0, 1] or 'calibrated', got {shrink!r}.")
+            cal = self.spread_calibration_
+            if cal is None or "shrink" not in cal:
+                raise ValueError(
+                    "shrink='calibrated' needs the calibration of a model trained with calibration entries "
+                    "(train(calibration_entries=2000), the default) or model.calibrate_spread(); pass a number instead."
+                )
+            shrink = float(cal["shrink"])
+        elif isinstance(shrink, bool) or not isinstance(shrink, int | float | np.floating | np.integer) \
+                or not (np.isfinite(shrink) and 0.0 <= shrink <= 1.0):
+            raise ValueError(f"shrink must be a number in [0, 1] or 'calibrated', got {shrink!r}.")
         zeros_missing = isinstance(target, str) and target == "zeros"
         extra = None
         if not isinstance(target, str):
@@ -812,6 +842,8 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
         keep = ~np.isnan(exact)
         if zeros_missing:
             keep &= exact != 0  # log1p(c * s / l) is 0 exactly when the count is 0
+        if shrink != 1.0:
+            mean = shrink_within_genes(mean, ~keep, float(shrink))
         if zeros_missing and zero_dispersion > 0:  # the filled zeros, conditioned on their zero count
             zero = (exact == 0) & ~keep
             moved = zero_conditioned(mean, library, float(self.module.target_sum), float(zero_dispersion))
@@ -846,16 +878,7 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
                 n_samples=n_samples, sampler=sampler, n_steps=n_steps, generator=generator,
                 target=target, **_expression_inputs(batch),
             ).float().cpu()
-            if self.module.objective == "hybrid":  # the one-pass estimate; the samples give the spread
-                mean[rows] = self.module.predict(
-                    batch["counts"], batch["library"], batch["edge_index"], len(rows), target=target,
-                    **_expression_inputs(batch),
-                ).float().cpu().numpy()
-            else:
-                mean[rows] = draws.mean(0).numpy()
-                if self.module.depth_weight:  # the point estimate's depth term (predict() adds its own)
-                    shift = self.module.depth_shift(batch["counts"], batch["library"], len(rows)).float().cpu().numpy()
-                    mean[rows] = np.maximum(mean[rows] + shift, 0.0)  # observed entries are reset by impute()
+            mean[rows] = self._point_estimate(batch, draws, target)
             if spread_scale != 1.0:  # widen (or narrow) the samples around their own mean
                 centre = draws.mean(0, keepdim=True)
                 draws = (centre + spread_scale * (draws - centre)).clamp_min(0.0)
@@ -864,6 +887,19 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
             if samples is not None:
                 samples[:, rows] = draws.numpy()
         return mean, std, samples
+
+    def _point_estimate(self, batch: dict, draws: torch.Tensor, target: torch.Tensor | None = None) -> np.ndarray:
+        """The point estimate of a batch's seed spots, given their ``(n_samples, n, G)`` reverse-diffusion draws."""
+        n = len(batch["row"])
+        if self.module.objective == "hybrid":  # the one-pass estimate; the samples give the spread
+            return self.module.predict(
+                batch["counts"], batch["library"], batch["edge_index"], n, target=target, **_expression_inputs(batch),
+            ).float().cpu().numpy()
+        mean = draws.mean(0).numpy()
+        if self.module.depth_weight:  # the point estimate's depth term (predict() adds its own)
+            shift = self.module.depth_shift(batch["counts"], batch["library"], n).float().cpu().numpy()
+            mean = np.maximum(mean + shift, 0.0)  # observed entries are reset by impute()
+        return mean
 
     @torch.inference_mode()
     def get_latent_representation(self, adata: AnnData | None = None, batch_size: int = 256) -> np.ndarray:
@@ -953,6 +989,94 @@ def _gene_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     std = np.nanstd(x, axis=0)
     std = np.where(std > 1e-6, std, 1.0)
     return mean.astype(np.float32), std.astype(np.float32)
+
+
+def within_gene_slope(truth, estimate, genes) -> float:
+    r"""Slope of the truth on the estimate within genes: how much of an estimate's within-gene variation is real.
+
+    Entries are centred on their gene's means (of the truth and of the estimate, over the entries given; genes
+    with a single entry drop out) and the slope is :math:`\sum_i \tilde t_i \tilde e_i / \sum_i \tilde e_i^2`.
+    Noise in the truth that is independent of the estimate does not bias it, so noisy held-back counts
+    estimate it without bias. A slope of 1 says the estimate's within-gene deviations are as large as they
+    should be; below 1, they are too large for the signal they carry, and shrinking them towards the gene's
+    mean by that factor minimises the squared error without changing any per-gene correlation
+    (``impute(shrink="calibrated")``).
+
+    Parameters
+    ----------
+    truth
+        ``(n,)`` true values of held-back entries.
+    estimate
+        ``(n,)`` the model's estimates of them.
+    genes
+        ``(n,)`` integer gene index of each entry.
+
+    Returns
+    -------
+    The slope, ``nan`` where the estimate does not vary within any gene.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> genes = np.repeat(np.arange(100), 20)
+    >>> signal = rng.standard_normal(2000) + genes  # gene levels differ; within a gene the signal has sd 1
+    >>> estimate = genes + 2.0 * (signal - genes)  # twice too wide
+    >>> truth = signal + rng.standard_normal(2000)  # noisy
+    >>> round(within_gene_slope(truth, estimate, genes), 1)
+    0.5
+    """
+    truth = np.asarray(truth, dtype=np.float64).ravel()
+    estimate = np.asarray(estimate, dtype=np.float64).ravel()
+    genes = np.asarray(genes).ravel()
+    if not truth.shape == estimate.shape == genes.shape:
+        raise ValueError(f"truth, estimate and genes must have the same length, got {truth.shape}, "
+                         f"{estimate.shape} and {genes.shape}.")
+    _, g = np.unique(genes, return_inverse=True)
+    n = np.bincount(g).astype(np.float64)
+    dt = truth - (np.bincount(g, truth) / n)[g]
+    de = estimate - (np.bincount(g, estimate) / n)[g]
+    den = float(np.sum(de * de))
+    return float(np.sum(dt * de) / den) if den > 1e-12 else float("nan")
+
+
+def shrink_within_genes(values, fill, factor: float) -> np.ndarray:
+    """Shrink the filled entries of each gene towards their own mean: ``m_g + factor (v - m_g)``.
+
+    ``m_g`` is the mean of gene ``g``'s filled values; a per-gene affine map with a positive factor leaves
+    every per-gene correlation of the fill unchanged and moves only its within-gene spread.
+
+    Parameters
+    ----------
+    values
+        ``(n_obs, n_vars)`` estimates.
+    fill
+        Boolean ``(n_obs, n_vars)``: the entries to shrink (a gene's others are not used or moved).
+    factor
+        In ``[0, 1]``; ``1`` returns ``values`` unchanged, ``0`` gives every filled entry of a gene its mean.
+
+    Returns
+    -------
+    Array of the dtype of ``values``, values kept at 0 or above.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> v = np.array([[1.0, 5.0], [3.0, 7.0]])
+    >>> shrink_within_genes(v, np.array([[True, True], [True, False]]), 0.5).tolist()
+    [[1.5, 5.0], [2.5, 7.0]]
+    """
+    if not (np.isfinite(factor) and 0.0 <= factor <= 1.0):
+        raise ValueError(f"shrink must lie in [0, 1] or be 'calibrated', got {factor!r}.")
+    values = np.asarray(values)
+    fill = np.asarray(fill, dtype=bool)
+    if factor == 1.0 or not fill.any():
+        return values
+    v = values.astype(np.float64)
+    n = fill.sum(axis=0)
+    m = np.where(fill, v, 0.0).sum(axis=0) / np.maximum(n, 1)
+    out = np.where(fill, np.maximum(m + factor * (v - m), 0.0), v)
+    return out.astype(values.dtype, copy=False)
 
 
 def zero_conditioned(values, library, target_sum: float, dispersion: float) -> np.ndarray:

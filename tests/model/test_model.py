@@ -426,6 +426,65 @@ def test_zero_dispersion_conditions_filled_zeros_on_their_zero_count_only():
         model.impute(target="zeros", zero_dispersion=-1.0)
 
 
+
+def test_shrink_keeps_per_gene_correlations_and_moves_only_filled_entries():
+    _, held = held_out()
+    a = held.adata
+    model = trained(a)
+    rec = model.spread_calibration_
+    assert np.isfinite(rec["within_gene_slope"]) and 0.1 <= rec["shrink"] <= 1.0
+    assert rec["shrink"] == pytest.approx(np.clip(rec["within_gene_slope"], 0.1, 1.0))
+    kw = {"n_samples": 3, "n_steps": 3, "seed": 4, "inplace": False}
+    plain = model.impute(**kw)
+    half = model.impute(shrink=0.5, **kw)
+    fill = np.isnan(a.X.toarray())
+    np.testing.assert_array_equal(half["mean"][~fill], plain["mean"][~fill])
+    np.testing.assert_array_equal(half["std"], plain["std"])
+    genes = [g for g in range(a.n_vars) if fill[:, g].sum() >= 3 and plain["mean"][fill[:, g], g].std() > 0]
+    assert len(genes) > 10
+    for g in genes:  # an affine map within each gene: the correlation is exact, the spread halves
+        p, h = plain["mean"][fill[:, g], g], half["mean"][fill[:, g], g]
+        assert np.corrcoef(p, h)[0, 1] == pytest.approx(1.0, abs=1e-5)
+        assert h.std() == pytest.approx(0.5 * p.std(), rel=1e-4)
+        assert h.mean() == pytest.approx(p.mean(), rel=1e-5, abs=1e-6)
+    cal = model.impute(shrink="calibrated", **kw)
+    expect = stmcdi.shrink_within_genes(plain["mean"], fill, rec["shrink"])
+    np.testing.assert_allclose(cal["mean"], expect, rtol=1e-5, atol=1e-6)
+    for bad in (1.5, -0.1, float("nan"), "auto", True):
+        with pytest.raises(ValueError, match="shrink"):
+            model.impute(shrink=bad, **kw)
+    model.spread_calibration_ = None
+    with pytest.raises(ValueError, match="calibrat"):
+        model.impute(shrink="calibrated", **kw)
+
+
+def test_within_gene_slope_ignores_gene_levels_and_noise_in_the_truth():
+    rng = np.random.default_rng(1)
+    genes = np.repeat(np.arange(200), 30)
+    signal = rng.standard_normal(genes.size)
+    level = 5.0 * rng.standard_normal(200)[genes]
+    estimate = level + 0.5 * rng.standard_normal(genes.size) + 3.0 * signal  # wrong levels, three times too wide
+    truth = signal + rng.standard_normal(genes.size)
+    assert stmcdi.within_gene_slope(truth, estimate, genes) == pytest.approx(1 / 3, abs=0.02)
+    assert stmcdi.within_gene_slope(estimate, estimate, genes) == pytest.approx(1.0)
+    assert np.isnan(stmcdi.within_gene_slope(truth, level, genes))  # no within-gene variation
+    with pytest.raises(ValueError, match="same length"):
+        stmcdi.within_gene_slope(truth[:-1], estimate, genes)
+
+
+def test_shrink_within_genes_uses_each_genes_filled_mean():
+    v = np.array([[0.0, 4.0], [2.0, 8.0], [10.0, 0.0]], dtype=np.float32)
+    fill = np.array([[True, True], [True, True], [False, True]])
+    out = stmcdi.shrink_within_genes(v, fill, 0.25)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out[:, 0], [0.75, 1.25, 10.0])  # gene 0: mean 1 of the two filled entries
+    np.testing.assert_allclose(out[:, 1], [4.0, 5.0, 3.0])  # gene 1: mean 4
+    np.testing.assert_array_equal(stmcdi.shrink_within_genes(v, fill, 1.0), v)
+    np.testing.assert_allclose(stmcdi.shrink_within_genes(v, fill, 0.0)[:2, 1], [4.0, 4.0])
+    with pytest.raises(ValueError, match="shrink"):
+        stmcdi.shrink_within_genes(v, fill, 2.0)
+
+
 def test_zero_conditioned_moves_deeper_spots_more_and_keeps_empty_spots():
     from stmcdi import zero_conditioned
 
