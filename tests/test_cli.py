@@ -26,10 +26,15 @@ def test_model_options_reach_the_model_and_impute():
     assert "mask_strategy" not in model and "objective" not in model and "spread_scale" not in impute
     args = build_parser().parse_args(["benchmark", "--data", "x.h5ad", "--mask-strategy", "nonzero",
                                       "--objective", "mae", "--spread-scale", "1.5",
-                                      "--zero-dispersion", "0.25"])
+                                      "--zero-dispersion", "0.25", "--shrink", "calibrated"])
     model, _, impute = _model_kwargs(args)
     assert model["mask_strategy"] == "nonzero" and model["objective"] == "mae" and impute["spread_scale"] == 1.5
-    assert impute["zero_dispersion"] == 0.25
+    assert impute["zero_dispersion"] == 0.25 and impute["shrink"] == "calibrated"
+    _, _, impute = _model_kwargs(build_parser().parse_args(["impute", "x.h5ad", "-o", "y.h5ad", "--shrink", "0.5"]))
+    assert impute["shrink"] == 0.5
+    for bad in ("2", "some"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["impute", "x.h5ad", "-o", "y.h5ad", "--shrink", bad])
     assert "n_expression_neighbors" not in model and "spot_features" not in model and "n_gene_groups" not in model
     assert "depth_weight" not in model
     args = build_parser().parse_args(["impute", "x.h5ad", "-o", "y.h5ad", "--expression-neighbors", "0",

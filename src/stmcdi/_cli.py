@@ -61,10 +61,26 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--zero-dispersion", type=float, default=None,
                    help="with zeros to fill (impute --target zeros, benchmark protocol thin): condition each filled "
                         "zero on its zero count, gamma-Poisson with this dispersion (default 0: off)")
+    g.add_argument("--shrink", type=_shrink_arg, default=None,
+                   help="factor on each filled entry's deviation from its gene's mean fill, or 'calibrated' for the "
+                        "within-gene slope measured on the entries held back from training (default 1: off)")
     g.add_argument("--spread-scale", type=float, default=None,
                    help="factor on the samples' deviations from their mean (default: impute's)")
     g.add_argument("--seed", type=int, default=0, help="seed of training and sampling (default 0)")
     g.add_argument("--progress", action="store_true", help="show the per-epoch progress bar")
+
+
+def _shrink_arg(value: str) -> float | str:
+    """``--shrink``: a number in [0, 1] or ``calibrated``."""
+    if value == "calibrated":
+        return value
+    try:
+        factor = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1] or 'calibrated', got {value!r}") from None
+    if not 0.0 <= factor <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1] or 'calibrated', got {value!r}")
+    return factor
 
 
 def _model_kwargs(args) -> tuple[dict, dict, dict]:
@@ -83,6 +99,8 @@ def _model_kwargs(args) -> tuple[dict, dict, dict]:
         impute["spread_scale"] = args.spread_scale
     if args.zero_dispersion is not None:
         impute["zero_dispersion"] = args.zero_dispersion
+    if args.shrink is not None:
+        impute["shrink"] = args.shrink
     model = {"encoder": args.encoder}
     if args.objective is not None:
         model["objective"] = args.objective
