@@ -11,8 +11,10 @@ the baselines named, and split each method's mean squared error on the validatio
 It also scores each estimate after two transformations that no per-gene correlation can see: the gene's filled
 values shrunk towards their own mean by a factor ``a`` (``p_g + a (p - p_g)``), and the gene's level replaced
 by another method's (``p - p_g + q_g``). STMCDI's estimate is also scored conditioned on the zero count of each
-filled entry (:func:`stmcdi.zero_conditioned`, ``impute(zero_dispersion=...)``) at ``ZERO_DISPERSIONS``. Those say which part of a method's RMSE is the level of its zero fills
-and which part its within-gene scatter. A diagnosis only: nothing here is a default.
+filled entry (:func:`stmcdi.zero_conditioned`, ``impute(zero_dispersion=...)``) at ``ZERO_DISPERSIONS``, and shrunk by the within-gene slope measured on the entries held back from its
+training (``stmcdi:shrink_calibrated``, ``impute(shrink="calibrated")``; the slope on the validation entries is
+printed beside it). Those say which part of a method's RMSE is the level of its zero fills and which part its
+within-gene scatter. A diagnosis only: nothing here is a default.
 
     OMP_NUM_THREADS=1 python benchmarks/thin_rmse_terms.py --data ../shared/data/stahl2016_mob_rep11.h5ad \
         --panel cv --seeds 0 --baselines magic gene_mean --csv benchmarks/results/thin_rmse_terms_mob_cv_s0.csv
@@ -106,6 +108,10 @@ def main() -> None:
                       for d in ZERO_DISPERSIONS}
         n_genes = val.adata.n_vars
         levels = {k: gene_means(v, c, n_genes) for k, v in preds.items()}
+        cal = method.last_model.spread_calibration_ or {}
+        calibrated = float(cal.get("shrink", 1.0))
+        print(f"seed {seed}: within-gene slope on the calibration entries {cal.get('within_gene_slope', float('nan')):.4f}"
+              f", on these validation entries {stmcdi.within_gene_slope(truth, preds['stmcdi'], c):.4f}", flush=True)
         for name, pred in preds.items():
             variants = {f"{name}": pred}
             for a in SHRINK:
@@ -117,6 +123,11 @@ def main() -> None:
             variants[f"{name}:true_level"] = pred - levels[name] + gene_means(truth, c, n_genes)
             if name == "stmcdi":
                 variants.update(zero_fills)
+                shrunk = levels[name] + calibrated * (pred - levels[name])
+                variants["stmcdi:shrink_calibrated"] = shrunk
+                for d in ZERO_DISPERSIONS:  # impute's order: shrink, then condition the zeros
+                    variants[f"stmcdi:shrink_calibrated:zero_dispersion{d:g}"] = stmcdi.zero_conditioned(
+                        shrunk[:, None], library[r], target_sum, d)[:, 0]
             for label, v in variants.items():
                 s = stmcdi.benchmark.score(val, _full(v, r, c, val.adata.shape))
                 row = {"seed": seed, "method": label, "per_gene_pcc": s["per_gene_pcc"], "rmse": s["rmse"],
