@@ -31,7 +31,13 @@ def test_model_options_reach_the_model_and_impute():
     assert model["mask_strategy"] == "nonzero" and model["objective"] == "mae" and impute["spread_scale"] == 1.5
     assert impute["zero_dispersion"] == 0.25 and impute["shrink"] == "calibrated"
     _, _, impute = _model_kwargs(build_parser().parse_args(["impute", "x.h5ad", "-o", "y.h5ad", "--shrink", "0.5"]))
-    assert impute["shrink"] == 0.5
+    assert impute["shrink"] == 0.5 and "smooth" not in impute and "smooth_neighbors" not in impute
+    _, _, impute = _model_kwargs(build_parser().parse_args(["benchmark", "--data", "x.h5ad", "--smooth", "0.5",
+                                                            "--smooth-neighbors", "20"]))
+    assert impute["smooth"] == 0.5 and impute["smooth_neighbors"] == 20
+    for bad in ("1.5", "x"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["impute", "x.h5ad", "-o", "y.h5ad", "--smooth", bad])
     for bad in ("2", "some"):
         with pytest.raises(SystemExit):
             build_parser().parse_args(["impute", "x.h5ad", "-o", "y.h5ad", "--shrink", bad])

@@ -64,6 +64,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--shrink", type=_shrink_arg, default=None,
                    help="factor on each filled entry's deviation from its gene's mean fill, or 'calibrated' for the "
                         "within-gene slope measured on the entries held back from training (default 1: off)")
+    g.add_argument("--smooth", type=_unit_arg, default=None,
+                   help="weight in [0, 1] of the average over each spot's --smooth-neighbors nearest spots in each "
+                        "filled entry, recentred per gene (default 0: off)")
+    g.add_argument("--smooth-neighbors", type=int, default=None,
+                   help="spots averaged with each spot by --smooth (default 40)")
     g.add_argument("--spread-scale", type=float, default=None,
                    help="factor on the samples' deviations from their mean (default: impute's)")
     g.add_argument("--seed", type=int, default=0, help="seed of training and sampling (default 0)")
@@ -81,6 +86,17 @@ def _shrink_arg(value: str) -> float | str:
     if not 0.0 <= factor <= 1.0:
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1] or 'calibrated', got {value!r}")
     return factor
+
+
+def _unit_arg(value: str) -> float:
+    """A number in [0, 1] (``--smooth``)."""
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {value!r}") from None
+    if not 0.0 <= x <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {value!r}")
+    return x
 
 
 def _model_kwargs(args) -> tuple[dict, dict, dict]:
@@ -101,6 +117,10 @@ def _model_kwargs(args) -> tuple[dict, dict, dict]:
         impute["zero_dispersion"] = args.zero_dispersion
     if args.shrink is not None:
         impute["shrink"] = args.shrink
+    if args.smooth is not None:
+        impute["smooth"] = args.smooth
+    if args.smooth_neighbors is not None:
+        impute["smooth_neighbors"] = args.smooth_neighbors
     model = {"encoder": args.encoder}
     if args.objective is not None:
         model["objective"] = args.objective

@@ -458,6 +458,59 @@ def test_shrink_keeps_per_gene_correlations_and_moves_only_filled_entries():
         model.impute(shrink="calibrated", **kw)
 
 
+def test_smooth_moves_only_filled_entries_towards_their_tissue_neighbours():
+    _, held = held_out()
+    a = held.adata
+    model = trained(a)
+    kw = {"n_samples": 3, "n_steps": 3, "seed": 4, "inplace": False}
+    before = {k: a.obsm[k].copy() for k in a.obsm} | {k: a.obsp[k].copy() for k in a.obsp}
+    plain = model.impute(**kw)
+    sm = model.impute(smooth=0.5, smooth_neighbors=10, **kw)
+    fill = np.isnan(a.X.toarray())
+    np.testing.assert_array_equal(sm["mean"][~fill], plain["mean"][~fill])
+    np.testing.assert_array_equal(sm["std"], plain["std"])
+    assert np.abs(sm["mean"][fill] - plain["mean"][fill]).max() > 1e-3
+    table = stmcdi.pp.spatial_graph(a, n_neighs=10, copy=True)
+    np.testing.assert_allclose(sm["mean"], stmcdi.smooth_fills(plain["mean"], fill, table, 0.5), rtol=1e-5, atol=1e-6)
+    assert set(before) == set(a.obsm) | set(a.obsp)  # the wider graph is not written to the user's object
+    np.testing.assert_array_equal(model.impute(smooth=0.0, **kw)["mean"], plain["mean"])
+    # a graph wider than the section is capped at every other spot
+    capped = model.impute(smooth=1.0, smooth_neighbors=10 * a.n_obs, **kw)["mean"]
+    np.testing.assert_allclose(capped, stmcdi.smooth_fills(plain["mean"], fill, np.tile(np.arange(a.n_obs), (a.n_obs, 1)),
+                                                           1.0), rtol=1e-4, atol=1e-5)
+    for bad in (1.5, -0.1, float("nan"), True, "0.5"):
+        with pytest.raises(ValueError, match="smooth must"):
+            model.impute(smooth=bad, **kw)
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="smooth_neighbors"):
+            model.impute(smooth=0.5, smooth_neighbors=bad, **kw)
+
+
+def test_smooth_fills_recentres_each_gene_and_keeps_correlations_of_constant_shifts():
+    rng = np.random.default_rng(0)
+    n = 50
+    coords = np.c_[np.arange(n), np.zeros(n)]
+    nb = np.array([[i, max(i - 1, 0) if i else 1, min(i + 1, n - 1) if i < n - 1 else n - 2] for i in range(n)])
+    v = (3.0 + np.sin(coords[:, :1] / 5.0) + 0.5 * rng.standard_normal((n, 2))).astype(np.float32)
+    fill = rng.random((n, 2)) < 0.5
+    out = stmcdi.smooth_fills(v, fill, nb, 1.0, steps=2)
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out[~fill], v[~fill])
+    for g in range(2):  # each gene's fills keep their mean; the noise around the smooth trend shrinks
+        f = fill[:, g]
+        assert out[f, g].mean() == pytest.approx(v[f, g].mean(), abs=1e-5)
+        trend = 3.0 + np.sin(coords[f, 0] / 5.0)
+        assert np.abs(out[f, g] - trend).mean() < np.abs(v[f, g] - trend).mean()
+    np.testing.assert_array_equal(stmcdi.smooth_fills(v, fill, nb, 0.0), v)
+    low = stmcdi.smooth_fills(np.array([[0.0], [0.0], [9.0]]), np.array([[True], [True], [False]]),
+                              np.array([[0, 1], [1, 2], [2, 1]]), 1.0, steps=1)
+    assert (low >= 0).all()  # recentring never writes a negative log-normalised value
+    with pytest.raises(ValueError, match="smooth"):
+        stmcdi.smooth_fills(v, fill, nb, 1.5)
+    with pytest.raises(ValueError, match="neighbors"):
+        stmcdi.smooth_fills(v, fill, nb[:-1], 0.5)
+
+
 def test_within_gene_slope_ignores_gene_levels_and_noise_in_the_truth():
     rng = np.random.default_rng(1)
     genes = np.repeat(np.arange(200), 30)
