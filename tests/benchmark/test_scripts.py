@@ -115,3 +115,23 @@ def test_thin_rmse_terms_splits_the_error_and_scores_the_moved_fills(tmp_path, m
     assert df.loc["stmcdi:zero_dispersion1", "bias"] < df.loc["stmcdi", "bias"]
     saved = np.load(tmp_path / "fit_s0.npz")
     assert saved["samples"].shape[1] == saved["truth"].size == saved["mean"].size
+
+
+def test_smooth_fills_scores_every_variant_and_recentring_keeps_the_per_gene_pcc(tmp_path, monkeypatch, capsys):
+    adata = stmcdi.datasets.synthetic(n_spots=150, n_genes=30, seed=0)
+    path = tmp_path / "toy.h5ad"
+    adata.write_h5ad(path)
+    monkeypatch.syspath_prepend(str(SCRIPTS))  # the script imports tune.py beside it
+    csv = tmp_path / "smooth.csv"
+    _run("smooth_fills.py", ["--data", str(path), "--max-epochs", "1", "--no-magic", "--ks", "5", "--steps", "1",
+                             "--alphas", "0.5", "1", "--csv", str(csv)], monkeypatch, capsys)
+    import pandas as pd
+
+    df = pd.read_csv(csv).set_index("method")
+    expect = {"stmcdi"} | {f"stmcdi:{s}_k5_t1_a{a}{rc}" for s in ("expr", "space") for a in ("0.5", "1")
+                           for rc in ("", "_rc")}
+    assert set(df.index) == expect
+    for s in ("expr", "space"):  # a per-gene constant changes no per-gene PCC
+        assert df.loc[f"stmcdi:{s}_k5_t1_a1_rc", "per_gene_pcc"] == pytest.approx(
+            df.loc[f"stmcdi:{s}_k5_t1_a1", "per_gene_pcc"], abs=1e-9)
+    assert df.loc["stmcdi:space_k5_t1_a1", "rmse"] != pytest.approx(df.loc["stmcdi", "rmse"])
