@@ -80,12 +80,9 @@ def _shrink_arg(value: str) -> float | str:
     if value == "calibrated":
         return value
     try:
-        factor = float(value)
-    except ValueError:
+        return _unit_arg(value)
+    except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1] or 'calibrated', got {value!r}") from None
-    if not 0.0 <= factor <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1] or 'calibrated', got {value!r}")
-    return factor
 
 
 def _unit_arg(value: str) -> float:

@@ -868,7 +868,7 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
         if zeros_missing:
             keep &= exact != 0  # log1p(c * s / l) is 0 exactly when the count is 0
         if smooth > 0:
-            values = np.where(keep, exact, mean)  # neighbours show their observed values exactly
+            values = np.where(keep, exact, mean).astype(mean.dtype)  # neighbours show their observed values exactly
             mean = smooth_fills(values, ~keep, self._smoothing_table(adata, int(smooth_neighbors)), float(smooth))
         if shrink != 1.0:
             mean = shrink_within_genes(mean, ~keep, float(shrink))

@@ -469,6 +469,7 @@ def test_smooth_moves_only_filled_entries_towards_their_tissue_neighbours():
     fill = np.isnan(a.X.toarray())
     np.testing.assert_array_equal(sm["mean"][~fill], plain["mean"][~fill])
     np.testing.assert_array_equal(sm["std"], plain["std"])
+    assert sm["mean"].dtype == plain["mean"].dtype == np.float32
     assert np.abs(sm["mean"][fill] - plain["mean"][fill]).max() > 1e-3
     table = stmcdi.pp.spatial_graph(a, n_neighs=10, copy=True)
     np.testing.assert_allclose(sm["mean"], stmcdi.smooth_fills(plain["mean"], fill, table, 0.5), rtol=1e-5, atol=1e-6)
