@@ -6,6 +6,7 @@ import runpy
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import stmcdi
@@ -101,7 +102,6 @@ def test_thin_rmse_terms_splits_the_error_and_scores_the_moved_fills(tmp_path, m
     csv = tmp_path / "terms.csv"
     _run("thin_rmse_terms.py", ["--data", str(path), "--max-epochs", "1", "--baselines", "gene_mean",
                                 "--csv", str(csv), "--save", str(tmp_path / "fit")], monkeypatch, capsys)
-    import numpy as np
     import pandas as pd
 
     df = pd.read_csv(csv).set_index("method")
@@ -135,3 +135,42 @@ def test_smooth_fills_scores_every_variant_and_recentring_keeps_the_per_gene_pcc
         assert df.loc[f"stmcdi:{s}_k5_t1_a1_rc", "per_gene_pcc"] == pytest.approx(
             df.loc[f"stmcdi:{s}_k5_t1_a1", "per_gene_pcc"], abs=1e-9)
     assert df.loc["stmcdi:space_k5_t1_a1", "rmse"] != pytest.approx(df.loc["stmcdi", "rmse"])
+
+
+def test_spatial_stats_scores_morans_i_of_every_layer(tmp_path, monkeypatch, capsys):
+    adata = stmcdi.datasets.synthetic(n_spots=150, n_genes=30, seed=0)
+    path = tmp_path / "toy.h5ad"
+    adata.write_h5ad(path)
+    csv = tmp_path / "moran.csv"
+    out = _run("spatial_stats.py", ["--data", str(path), "--n-genes", "30", "--n-null", "10", "--max-epochs", "1",
+                                    "--no-magic", "--smooth", "1", "--csv", str(csv)], monkeypatch, capsys)
+    import pandas as pd
+
+    df = pd.read_csv(csv).set_index("layer")
+    assert list(df.index[:3]) == ["full", "visible", "stmcdi"] and df.index[3].startswith("stmcdi+shrink")
+    assert df.index[4] == "stmcdi:smooth1" and df.index[5].startswith("stmcdi:smooth1+shrink") and len(df) == 6
+    assert df.loc["full", "real_spearman_vs_full"] == pytest.approx(1.0)
+    assert df.loc["full", "real_kept_of_full_calls"] == 1.0 and df.loc["full", "real_added_to_full_calls"] == 0
+    assert df.loc[["full", "visible"], "per_gene_pcc"].isna().all()
+    assert df.loc[["stmcdi", "stmcdi:smooth1"], "per_gene_pcc"].notna().all()
+    assert df.loc["stmcdi:smooth1", "null_I_mean"] != pytest.approx(df.loc["stmcdi", "null_I_mean"])
+    assert ((df[["null_called", "real_called"]] >= 0) & (df[["null_called", "real_called"]] <= 1)).all().all()
+    assert "null_I_mean" in out
+
+
+def test_spatial_stats_permutes_only_the_chosen_genes():
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        from spatial_stats import permute_genes
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    adata = stmcdi.datasets.synthetic(n_spots=60, n_genes=8, seed=1)
+    out = permute_genes(adata, np.array([2, 5]), seed=0)
+    x, y = np.asarray(adata.X.todense() if hasattr(adata.X, "todense") else adata.X), \
+        np.asarray(out.X.todense() if hasattr(out.X, "todense") else out.X)
+    keep = [g for g in range(8) if g not in (2, 5)]
+    np.testing.assert_array_equal(x[:, keep], y[:, keep])
+    for g in (2, 5):
+        np.testing.assert_array_equal(np.sort(x[:, g]), np.sort(y[:, g]))
+        assert not np.array_equal(x[:, g], y[:, g])
+    assert adata.X is not out.X
