@@ -109,7 +109,8 @@ def main() -> None:
         train = {"enable_progress_bar": False}
         if args.max_epochs is not None:
             train["max_epochs"] = args.max_epochs
-        x = np.asarray(stmcdi.benchmark.stmcdi_method({}, train)(val.adata, seed=seed, target="zeros"),
+        x = np.asarray(stmcdi.benchmark.stmcdi_method({}, train, {"shrink": 1.0})(val.adata, seed=seed,
+                                                                                  target="zeros"),
                        dtype=np.float64)
         if args.save:
             np.savez_compressed(f"{args.save}_s{seed}.npz", x=x.astype(np.float32))

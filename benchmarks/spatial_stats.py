@@ -141,7 +141,7 @@ def main() -> None:
         train = {"enable_progress_bar": False}
         if args.max_epochs is not None:
             train["max_epochs"] = args.max_epochs
-        method = stmcdi.benchmark.stmcdi_method({}, train)
+        method = stmcdi.benchmark.stmcdi_method({}, train, {"shrink": 1.0})  # the shrink is a layer of its own
         x = np.asarray(method(held.adata, seed=seed, target="zeros"), dtype=np.float32)
         model = method.last_model
         fill = vis_counts == 0

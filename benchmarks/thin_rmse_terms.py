@@ -91,7 +91,7 @@ def main() -> None:
         train = {"enable_progress_bar": False}
         if args.max_epochs is not None:
             train["max_epochs"] = args.max_epochs
-        method = stmcdi.benchmark.stmcdi_method({}, train, samples=True)
+        method = stmcdi.benchmark.stmcdi_method({}, train, {"shrink": 1.0}, samples=True)  # the read-outs are scored below
         out = method(val.adata, seed=seed, target="zeros")
         est = {"stmcdi": out["mean"]}
         library = np.asarray(val.adata.X.sum(1)).ravel()  # the visible counts: thin leaves no entry missing

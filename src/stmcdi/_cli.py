@@ -63,7 +63,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                         "zero on its zero count, gamma-Poisson with this dispersion (default 0: off)")
     g.add_argument("--shrink", type=_shrink_arg, default=None,
                    help="factor on each filled entry's deviation from its gene's mean fill, or 'calibrated' for the "
-                        "within-gene slope measured on the entries held back from training (default 1: off)")
+                        "within-gene slope measured on the entries held back from training (default: 'calibrated' for "
+                        "filled zeros, 1 (off) for missing entries)")
     g.add_argument("--smooth", type=_unit_arg, default=None,
                    help="weight in [0, 1] of the average over each spot's --smooth-neighbors nearest spots in each "
                         "filled entry, recentred per gene (default 0: off)")

@@ -458,6 +458,22 @@ def test_shrink_keeps_per_gene_correlations_and_moves_only_filled_entries():
         model.impute(shrink="calibrated", **kw)
 
 
+def test_shrink_default_is_calibrated_for_filled_zeros_and_off_for_missing_entries():
+    _, held = held_out()
+    a = held.adata
+    model = trained(a)
+    model.spread_calibration_ = {**model.spread_calibration_, "shrink": 0.5}  # a slope below 1: the shrink acts
+    kw = {"n_samples": 3, "n_steps": 3, "seed": 4, "inplace": False, "spread_scale": 1.0}  # no recalibration
+    np.testing.assert_array_equal(model.impute(**kw)["mean"], model.impute(shrink=1.0, **kw)["mean"])
+    zeros = model.impute(target="zeros", **kw)["mean"]
+    np.testing.assert_array_equal(zeros, model.impute(target="zeros", shrink="calibrated", **kw)["mean"])
+    np.testing.assert_array_equal(zeros, model.impute(target="zeros", shrink=0.5, **kw)["mean"])
+    off = model.impute(target="zeros", shrink=1.0, **kw)["mean"]
+    assert not np.allclose(zeros, off)
+    model.spread_calibration_ = None  # no calibration: the default keeps the estimate, and does not fail
+    np.testing.assert_array_equal(model.impute(target="zeros", **kw)["mean"], off)
+
+
 def test_smooth_moves_only_filled_entries_towards_their_tissue_neighbours():
     _, held = held_out()
     a = held.adata
