@@ -2,16 +2,18 @@
 
 The caveat of ``impute(smooth=...)`` is that averaging fills over tissue neighbours adds spatial
 autocorrelation by construction, so that :func:`squidpy.gr.spatial_autocorr` on ``layers["imputed"]`` partly
-measures the read-out. This script measures how much, against a known answer. On the chosen gene panel
-(``seurat_v3`` or ``cv``, ``--n-genes`` 1000, chosen on all counts: no entry is scored for a claim here), the counts of ``--n-null`` genes drawn at random
-are permuted across spots, each gene on its own: they keep their expression distribution and lose every
-spatial pattern. The counts are then thinned (``thin`` protocol, :func:`stmcdi.benchmark.hold_out`), STMCDI
-(defaults) and MAGIC fill the visible zeros, and Moran's I (squidpy, 6 nearest spots, analytic p-values,
-Benjamini-Hochberg over the panel) is computed on
+measures the read-out. This script measures how much, against a known answer. On the gene panel
+(:func:`stmcdi.pp.select_genes`, ``--panel``, ``--n-genes``; chosen on all counts: no entry is scored for a
+claim here), the counts of ``--n-null`` genes drawn at random are permuted across spots, each gene on its own:
+they keep their expression distribution and lose every spatial pattern. The counts are then thinned (``thin``
+protocol, :func:`stmcdi.benchmark.hold_out`), STMCDI (default fit) and MAGIC fill the visible zeros, and
+Moran's I (squidpy, 6 nearest spots, analytic p-values, Benjamini-Hochberg over the genes with one) is
+computed on
 
 - ``full``: the counts before thinning, log-normalised (the reference for the real genes);
 - ``visible``: the thinned counts, log-normalised, zeros left at 0;
-- ``stmcdi``: ``impute(target="zeros")`` with the defaults, the same with ``shrink="calibrated"``
+- ``stmcdi``: ``impute(target="zeros", shrink=1)`` (the fill as the network gives it), the same with the
+  calibrated shrink (the default since 2026-12-06)
   (:func:`stmcdi.shrink_within_genes` by ``model.spread_calibration_["shrink"]``), with ``smooth=a`` for each
   ``--smooth`` (:func:`stmcdi.smooth_fills` on the same estimate, with the table ``impute`` uses), and with
   ``shrink="calibrated"`` after the largest ``a``;
@@ -34,7 +36,6 @@ import warnings
 import anndata as ad
 import numpy as np
 import pandas as pd
-import scanpy as sc
 import scipy.sparse as sp
 import squidpy as sq
 from scipy.stats import spearmanr
@@ -117,16 +118,7 @@ def main() -> None:
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
 
     adata = ad.read_h5ad(args.data)
-    if args.panel == "seurat_v3":
-        hvg = sc.pp.highly_variable_genes(adata, n_top_genes=min(args.n_genes, adata.n_vars), flavor="seurat_v3", inplace=False)
-        keep = hvg["highly_variable"].to_numpy()
-    else:
-        x = adata.X.toarray() if sp.issparse(adata.X) else np.asarray(adata.X)
-        mu = x.mean(0)
-        cv = np.divide(x.std(0), mu, out=np.zeros_like(mu), where=mu > 0)
-        keep = np.zeros(adata.n_vars, dtype=bool)
-        keep[np.argsort(-cv, kind="stable")[:args.n_genes]] = True
-    adata = adata[:, keep].copy()
+    stmcdi.pp.select_genes(adata, args.n_genes, flavor=args.panel, subset=True)
     rows = []
     for seed in args.seeds:
         null_idx = np.sort(np.random.default_rng([seed, 11]).choice(adata.n_vars, size=args.n_null, replace=False))
