@@ -35,6 +35,12 @@ def test_model_options_reach_the_model_and_impute():
     _, _, impute = _model_kwargs(build_parser().parse_args(["benchmark", "--data", "x.h5ad", "--smooth", "0.5",
                                                             "--smooth-neighbors", "20"]))
     assert impute["smooth"] == 0.5 and impute["smooth_neighbors"] == 20
+    assert "smooth_graph" not in impute
+    _, _, impute = _model_kwargs(build_parser().parse_args(["impute", "x.h5ad", "-o", "y.h5ad", "--smooth", "0.5",
+                                                            "--smooth-graph", "expression"]))
+    assert impute["smooth_graph"] == "expression"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["impute", "x.h5ad", "-o", "y.h5ad", "--smooth-graph", "tissue"])
     for bad in ("1.5", "x"):
         with pytest.raises(SystemExit):
             build_parser().parse_args(["impute", "x.h5ad", "-o", "y.h5ad", "--smooth", bad])

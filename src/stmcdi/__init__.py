@@ -18,7 +18,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 logger = logging.getLogger(__name__)
 
 __all__ = ["STMCDI", "STMCDIModule", "DiffusionTrainingPlan", "zero_conditioned", "within_gene_slope",
-           "shrink_within_genes", "smooth_fills", "benchmark", "datasets", "pl", "pp"]
+           "shrink_within_genes", "smooth_fills", "expression_neighbors", "benchmark", "datasets", "pl", "pp"]
 
 
 def __getattr__(name: str):
@@ -36,7 +36,7 @@ def __getattr__(name: str):
         from ._training_plan import DiffusionTrainingPlan
 
         return DiffusionTrainingPlan
-    if name in ("zero_conditioned", "within_gene_slope", "shrink_within_genes", "smooth_fills"):
+    if name in ("zero_conditioned", "within_gene_slope", "shrink_within_genes", "smooth_fills", "expression_neighbors"):
         from . import _model
 
         return getattr(_model, name)

@@ -70,6 +70,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                         "filled entry, recentred per gene (default 0: off)")
     g.add_argument("--smooth-neighbors", type=int, default=None,
                    help="spots averaged with each spot by --smooth (default 40)")
+    g.add_argument("--smooth-graph", choices=("spatial", "expression"), default=None,
+                   help="neighbours of --smooth: nearest in tissue space (default) or in expression space "
+                        "(50 principal components of the estimate)")
     g.add_argument("--spread-scale", type=float, default=None,
                    help="factor on the samples' deviations from their mean (default: impute's)")
     g.add_argument("--seed", type=int, default=0, help="seed of training and sampling (default 0)")
@@ -119,6 +122,8 @@ def _model_kwargs(args) -> tuple[dict, dict, dict]:
         impute["smooth"] = args.smooth
     if args.smooth_neighbors is not None:
         impute["smooth_neighbors"] = args.smooth_neighbors
+    if args.smooth_graph is not None:
+        impute["smooth_graph"] = args.smooth_graph
     model = {"encoder": args.encoder}
     if args.objective is not None:
         model["objective"] = args.objective

@@ -503,6 +503,42 @@ def test_smooth_moves_only_filled_entries_towards_their_tissue_neighbours():
             model.impute(smooth=0.5, smooth_neighbors=bad, **kw)
 
 
+def test_smooth_graph_expression_averages_over_expression_neighbours_of_the_estimate():
+    _, held = held_out()
+    a = held.adata
+    model = trained(a)
+    kw = {"n_samples": 3, "n_steps": 3, "seed": 4, "inplace": False}
+    plain = model.impute(**kw)
+    ex = model.impute(smooth=0.5, smooth_neighbors=10, smooth_graph="expression", **kw)
+    sp_ = model.impute(smooth=0.5, smooth_neighbors=10, **kw)
+    fill = np.isnan(a.X.toarray())
+    np.testing.assert_array_equal(ex["mean"][~fill], plain["mean"][~fill])  # observed entries are inputs only
+    np.testing.assert_array_equal(ex["std"], plain["std"])
+    table = stmcdi.expression_neighbors(plain["mean"], 10, seed=4)  # the graph of the estimate before smoothing
+    np.testing.assert_allclose(ex["mean"], stmcdi.smooth_fills(plain["mean"], fill, table, 0.5), rtol=1e-5, atol=1e-6)
+    assert np.abs(ex["mean"][fill] - sp_["mean"][fill]).max() > 1e-3  # not the tissue graph
+    with pytest.raises(ValueError, match="smooth_graph"):
+        model.impute(smooth=0.5, smooth_graph="tissue", **kw)
+
+
+def test_expression_neighbors_finds_the_nearest_profiles_and_never_the_spot_itself():
+    rng = np.random.default_rng(0)
+    centres = 5.0 * rng.standard_normal((3, 40))
+    groups = np.repeat(np.arange(3), 20)
+    v = centres[groups] + 0.1 * rng.standard_normal((60, 40))
+    table = stmcdi.expression_neighbors(v, 5, n_pcs=10)
+    assert table.shape == (60, 6) and table.dtype == np.int64
+    np.testing.assert_array_equal(table[:, 0], np.arange(60))
+    assert (table[:, 1:] != np.arange(60)[:, None]).all()
+    assert (groups[table[:, 1:]] == groups[:, None]).all()  # neighbours share the spot's profile
+    np.testing.assert_array_equal(table, stmcdi.expression_neighbors(v, 5, n_pcs=10))  # seeded
+    for bad in (0, 60, 2.5, True):
+        with pytest.raises(ValueError, match="n_neighbors"):
+            stmcdi.expression_neighbors(v, bad)
+    with pytest.raises(ValueError, match="finite"):
+        stmcdi.expression_neighbors(np.where(v > 0, v, np.nan), 5)
+
+
 def test_smooth_fills_recentres_each_gene_and_keeps_correlations_of_constant_shifts():
     rng = np.random.default_rng(0)
     n = 50
