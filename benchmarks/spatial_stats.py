@@ -16,7 +16,10 @@ computed on
   calibrated shrink (the default since 2026-12-06)
   (:func:`stmcdi.shrink_within_genes` by ``model.spread_calibration_["shrink"]``), with ``smooth=a`` for each
   ``--smooth`` (:func:`stmcdi.smooth_fills` on the same estimate, with the table ``impute`` uses), and with
-  ``shrink="calibrated"`` after the largest ``a``;
+  ``shrink="calibrated"`` after the largest ``a``; with ``smooth=a, smooth_graph="expression"`` for each
+  ``--expr-smooth`` (:func:`stmcdi.expression_neighbors` of the estimate, 40 neighbours), and with
+  ``zero_dispersion=phi`` (:func:`stmcdi.zero_conditioned`) for each ``--zero-dispersion``, alone and after
+  each expression smoothing;
 - ``magic``: MAGIC's imputation (when installed).
 
 A permuted gene found spatially autocorrelated (FDR < 0.05) is a false discovery that the layer made. For the
@@ -110,6 +113,10 @@ def main() -> None:
     p.add_argument("--n-genes", type=int, default=1000, help="genes of the panel")
     p.add_argument("--n-null", type=int, default=100, help="genes of the panel whose counts are permuted")
     p.add_argument("--smooth", type=float, nargs="+", default=[0.25, 0.5], help="smooth weights scored")
+    p.add_argument("--expr-smooth", type=float, nargs="*", default=[],
+                   help="smooth weights scored over the expression graph (impute(smooth_graph='expression'))")
+    p.add_argument("--zero-dispersion", type=float, nargs="*", default=[],
+                   help="zero_dispersion values scored, alone and after each --expr-smooth")
     p.add_argument("--max-epochs", type=int, default=None, help="override the training length (smoke runs)")
     p.add_argument("--no-magic", action="store_true", help="skip MAGIC (smoke runs)")
     p.add_argument("--csv", default=None)
@@ -145,6 +152,20 @@ def main() -> None:
             layers[f"stmcdi:smooth{a:g}"] = stmcdi.smooth_fills(x, fill, table, a).astype(np.float32)
         top = f"stmcdi:smooth{max(args.smooth):g}"
         layers[f"{top}+shrink{cal:.2f}"] = stmcdi.shrink_within_genes(layers[top], fill, cal)
+        library = vis_counts.sum(axis=1).astype(np.float64)
+        target_sum = float(model.module.target_sum)
+
+        def conditioned(v, phi, fill=fill, library=library, target_sum=target_sum):  # impute(zero_dispersion=phi)
+            return np.where(fill, stmcdi.zero_conditioned(v, library, target_sum, phi), v).astype(np.float32)
+
+        for phi in args.zero_dispersion:
+            layers[f"stmcdi+phi{phi:g}"] = conditioned(x, phi)
+        if args.expr_smooth:
+            etable = stmcdi.expression_neighbors(x, min(40, x.shape[0] - 1), seed=seed)  # impute's graph
+        for a in args.expr_smooth:
+            layers[f"stmcdi:expr{a:g}"] = stmcdi.smooth_fills(x, fill, etable, a).astype(np.float32)
+            for phi in args.zero_dispersion:
+                layers[f"stmcdi:expr{a:g}+phi{phi:g}"] = conditioned(layers[f"stmcdi:expr{a:g}"], phi)
         if not args.no_magic and "magic" in stmcdi.benchmark.available_extras():
             layers["magic"] = np.asarray(stmcdi.benchmark.available_extras()["magic"](held.adata, seed=seed,
                                                                                       target="zeros"))

@@ -137,18 +137,49 @@ def test_smooth_fills_scores_every_variant_and_recentring_keeps_the_per_gene_pcc
     assert df.loc["stmcdi:space_k5_t1_a1", "rmse"] != pytest.approx(df.loc["stmcdi", "rmse"])
 
 
+def test_zero_readouts_reproduces_the_default_read_out_and_scores_each_chain(tmp_path, monkeypatch, capsys):
+    adata = stmcdi.datasets.synthetic(n_spots=150, n_genes=30, seed=0)
+    path = tmp_path / "toy.h5ad"
+    adata.write_h5ad(path)
+    monkeypatch.syspath_prepend(str(SCRIPTS))  # the script imports tune.py beside it
+    csv = tmp_path / "readouts.csv"
+    _run("zero_readouts.py", ["--data", str(path), "--split", "test", "--max-epochs", "1", "--no-magic",
+                              "--spaces", "expr", "space", "--ks", "5", "--steps", "2", "--alphas", "0.5",
+                              "--phis", "0", "0.5", "--csv", str(csv), "--save", str(tmp_path / "fit")],
+         monkeypatch, capsys)
+    import pandas as pd
+
+    df = pd.read_csv(csv).set_index("method")
+    assert {"stmcdi:raw", "stmcdi", "stmcdi:phi0.5", "stmcdi:expr_k5_t2_a0.5", "stmcdi:space_k5_t2_a0.5_shrink_phi0.5"} \
+        <= set(df.index)
+    assert len(df) == 2 + 2 + 2 * 2 * 2
+    # the shrink changes no per-gene PCC; smoothing and the zero conditioning move RMSE
+    assert df.loc["stmcdi", "per_gene_pcc"] == pytest.approx(df.loc["stmcdi:raw", "per_gene_pcc"], abs=1e-9)
+    assert df.loc["stmcdi:expr_k5_t2_a0.5", "rmse"] != pytest.approx(df.loc["stmcdi:raw", "rmse"])
+    assert df.loc["stmcdi:phi0.5", "rmse"] != pytest.approx(df.loc["stmcdi:raw", "rmse"])
+    # the default row is what stmcdi benchmark scores on the same split with the same seed
+    bench = stmcdi.benchmark.evaluate(adata, {"stmcdi": stmcdi.benchmark.stmcdi_method(
+        {}, {"max_epochs": 1})}, protocols=[("thin", 0.5)], seeds=[0], panel={"n_top_genes": 1000,
+                                                                            "flavor": "seurat_v3"})
+    assert bench["rmse"].iloc[0] == pytest.approx(df.loc["stmcdi", "rmse"], rel=1e-5)
+    assert np.load(tmp_path / "fit_s0.npz")["x"].shape[0] == 150
+
+
 def test_spatial_stats_scores_morans_i_of_every_layer(tmp_path, monkeypatch, capsys):
     adata = stmcdi.datasets.synthetic(n_spots=150, n_genes=30, seed=0)
     path = tmp_path / "toy.h5ad"
     adata.write_h5ad(path)
     csv = tmp_path / "moran.csv"
     out = _run("spatial_stats.py", ["--data", str(path), "--n-genes", "30", "--n-null", "10", "--max-epochs", "1",
-                                    "--no-magic", "--smooth", "1", "--csv", str(csv)], monkeypatch, capsys)
+                                    "--no-magic", "--smooth", "1", "--expr-smooth", "0.5", "--zero-dispersion", "0.25",
+                                    "--csv", str(csv)], monkeypatch, capsys)
     import pandas as pd
 
     df = pd.read_csv(csv).set_index("layer")
     assert list(df.index[:3]) == ["full", "visible", "stmcdi"] and df.index[3].startswith("stmcdi+shrink")
-    assert df.index[4] == "stmcdi:smooth1" and df.index[5].startswith("stmcdi:smooth1+shrink") and len(df) == 6
+    assert df.index[4] == "stmcdi:smooth1" and df.index[5].startswith("stmcdi:smooth1+shrink") and len(df) == 9
+    assert list(df.index[6:]) == ["stmcdi+phi0.25", "stmcdi:expr0.5", "stmcdi:expr0.5+phi0.25"]
+    assert df.loc["stmcdi:expr0.5", "null_I_mean"] != pytest.approx(df.loc["stmcdi:smooth1", "null_I_mean"])
     assert df.loc["full", "real_spearman_vs_full"] == pytest.approx(1.0)
     assert df.loc["full", "real_kept_of_full_calls"] == 1.0 and df.loc["full", "real_added_to_full_calls"] == 0
     assert df.loc[["full", "visible"], "per_gene_pcc"].isna().all()
