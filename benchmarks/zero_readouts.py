@@ -29,24 +29,10 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from sklearn.neighbors import NearestNeighbors
 from tune import validation_split
 
 import stmcdi
 from stmcdi.pp._normalize import log_normalize
-
-
-def knn_table(points: np.ndarray, k: int) -> np.ndarray:
-    """``(n, 1 + k)`` table ``[i, nb_1, ..., nb_k]`` of each point and its ``k`` nearest others.
-
-    Examples
-    --------
-    >>> knn_table(np.array([[0.0], [1.0], [5.0]]), 1).tolist()
-    [[0, 1], [1, 0], [2, 1]]
-    """
-    k = int(min(k, points.shape[0] - 1))
-    idx = NearestNeighbors(n_neighbors=k).fit(points).kneighbors(return_distance=False)  # excludes the point
-    return np.hstack([np.arange(points.shape[0])[:, None], idx])
 
 
 def read_out(x, fill, table, alpha: float, steps: int, shrink: float, phi: float, library, target_sum: float):
@@ -124,10 +110,10 @@ def main() -> None:
                 for sh, name in ((1.0, ""), (factor, "_shrink")):
                     variants[f"stmcdi:phi{phi:g}{name}"] = read_out(x, fill, None, 0.0, 3, sh, phi, library,
                                                                     target_sum)
-        coords = np.asarray(held.adata.obsm["spatial"], dtype=np.float64)
         for space, k in itertools.product(args.spaces, args.ks):
-            k = min(k, x.shape[0] - 1)  # the tables of impute(smooth_graph=...)
-            table = stmcdi.expression_neighbors(x, k, seed=seed) if space == "expr" else knn_table(coords, k)
+            k = min(k, x.shape[0] - 1)  # the tables of impute(smooth_graph="expression" / "spatial")
+            table = (stmcdi.expression_neighbors(x, k, seed=seed) if space == "expr" else
+                     stmcdi.pp.spatial_graph(held.adata, n_neighs=k, allow_duplicates=True, copy=True))
             for t, a in itertools.product(args.steps, args.alphas):
                 smooth = stmcdi.smooth_fills(x, fill, table, a, steps=t)
                 for phi, (sh, name) in itertools.product(args.phis, ((1.0, ""), (factor, "_shrink"))):
