@@ -60,19 +60,21 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                         "model's, 0.75; 0 imputes the network's output alone)")
     g.add_argument("--zero-dispersion", type=float, default=None,
                    help="with zeros to fill (impute --target zeros, benchmark protocol thin): condition each filled "
-                        "zero on its zero count, gamma-Poisson with this dispersion (default 0: off)")
+                        "zero on its zero count, gamma-Poisson with this dispersion (default: 0.25 on sections of at least 1000 "
+                        "spots, 0 (off) on smaller ones)")
     g.add_argument("--shrink", type=_shrink_arg, default=None,
                    help="factor on each filled entry's deviation from its gene's mean fill, or 'calibrated' for the "
                         "within-gene slope measured on the entries held back from training (default: 'calibrated' for "
                         "filled zeros, 1 (off) for missing entries)")
     g.add_argument("--smooth", type=_unit_arg, default=None,
                    help="weight in [0, 1] of the average over each spot's --smooth-neighbors nearest spots in each "
-                        "filled entry, recentred per gene (default 0: off)")
+                        "filled entry, recentred per gene (default: 0.5 for filled zeros on sections of at least 1000 "
+                        "spots, 0 (off) otherwise)")
     g.add_argument("--smooth-neighbors", type=int, default=None,
                    help="spots averaged with each spot by --smooth (default 40)")
     g.add_argument("--smooth-graph", choices=("spatial", "expression"), default=None,
-                   help="neighbours of --smooth: nearest in tissue space (default) or in expression space "
-                        "(50 principal components of the estimate)")
+                   help="neighbours of --smooth: nearest in expression space (default; 50 principal components of "
+                        "the estimate) or in tissue space")
     g.add_argument("--spread-scale", type=float, default=None,
                    help="factor on the samples' deviations from their mean (default: impute's)")
     g.add_argument("--seed", type=int, default=0, help="seed of training and sampling (default 0)")

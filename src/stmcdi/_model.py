@@ -54,6 +54,15 @@ N_SAMPLES = 10
 MIN_SHRINK = 0.1
 #: steps of the neighbour average in ``impute(smooth=...)`` (:func:`smooth_fills`)
 SMOOTH_STEPS = 3
+#: default ``smooth`` (over the expression graph) and ``zero_dispersion`` of ``impute(target="zeros")`` on sections
+#: of at least ``ZERO_READOUT_MIN_SPOTS`` spots, chosen on ``thin`` validation splits (benchmarks/zero_readouts.py,
+#: docs/benchmarks.md): on the 3,639-spot DLPFC section they raised the per-gene PCC of the filled zeros
+#: (0.0165 -> 0.0256) and lowered RMSE; on the ~250-spot Stahl sections they lowered RMSE but cost per-gene PCC
+#: (0.002-0.006), so smaller sections keep the network's estimate. The threshold is the one of the spatial read-out
+#: (``_LATENT_READOUT_MIN_SPOTS``), where the epoch cap stops binding; no section between 250 and 3,639 spots was run.
+ZERO_SMOOTH = 0.5
+ZERO_DISPERSION = 0.25
+ZERO_READOUT_MIN_SPOTS = 1000
 #: fewest held-back entries worth calibrating on (a coverage from 100 entries has a standard error of 0.03)
 _MIN_CALIBRATION_ENTRIES = 100
 #: second word of the calibration draw's seed, so it does not share a random stream with a hold-out split
@@ -667,11 +676,11 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
         return_samples: bool = False,
         spread_scale: float | None = None,
         zero_rounds: int = 2,
-        zero_dispersion: float = 0.0,
+        zero_dispersion: float | None = None,
         shrink: float | Literal["calibrated"] | None = None,
-        smooth: float = 0.0,
+        smooth: float | None = None,
         smooth_neighbors: int = 40,
-        smooth_graph: Literal["spatial", "expression"] = "spatial",
+        smooth_graph: Literal["spatial", "expression"] = "expression",
     ) -> dict[str, np.ndarray] | None:
         """Fill missing entries by reverse diffusion and write them to ``adata.layers``.
 
@@ -719,10 +728,11 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
         zero_dispersion
             With ``target="zeros"``: condition the point estimate of each filled zero on its zero count
             (:func:`~stmcdi.zero_conditioned`, a gamma-Poisson posterior with squared coefficient of variation
-            ``zero_dispersion``). ``0`` (default) fills a zero with the estimate the entry would get had it not
-            been seen. The samples (and ``std``) are not moved. On ``thin`` validation entries of the Ståhl
-            sections, 0.25 lowered RMSE by 0.0005-0.003 at a per-gene PCC within 0.003
-            (``benchmarks/thin_rmse_terms.py``); not a default, see the Benchmarks page.
+            ``zero_dispersion``); ``0`` fills a zero with the estimate the entry would get had it not been seen.
+            Applied last, after ``smooth`` and ``shrink``. The samples (and ``std``) are not moved. Default
+            (``None``): 0.25 on sections of at least 1000 spots, 0 on smaller ones (see ``smooth``). On ``thin``
+            validation entries of the Ståhl sections, 0.25 alone lowered RMSE by 0.0005-0.003 at a per-gene PCC
+            within 0.003 (``benchmarks/thin_rmse_terms.py``).
         shrink
             Factor on each filled entry's deviation from its gene's mean fill (over the entries this call fills;
             :func:`~stmcdi.shrink_within_genes`), applied before ``zero_dispersion``. ``"calibrated"`` takes the
@@ -737,32 +747,31 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
         smooth
             Weight in ``[0, 1]`` of the neighbourhood in each filled entry (:func:`~stmcdi.smooth_fills`):
             the fill moves to ``(1 - smooth) x + smooth (P^3 x)``, ``P`` the average over the spot and its
-            ``smooth_neighbors`` nearest spots (in ``obsm[spatial_key]``, or in expression space with
-            ``smooth_graph="expression"``; observed values and fills), then each
-            gene's fills are moved back by one constant to their mean before smoothing. Applied first, before
-            ``shrink`` and ``zero_dispersion``; observed entries are inputs and are not moved, nor are the samples
-            (and ``std``). ``0`` (default) keeps the estimate. On a ``thin`` validation split of the DLPFC section
-            (1000 HVGs), 0.5 raised the per-gene PCC of the filled zeros from 0.019 to 0.026 and lowered RMSE
-            from 0.1113 to 0.1107 (``benchmarks/smooth_fills.py``). It adds spatial structure by construction:
-            spatial statistics of the imputed layer (Moran's I, :func:`squidpy.gr.spatial_autocorr`) then partly
-            measure the smoothing, not the tissue. On that section, with 100 genes permuted across spots (no
-            spatial pattern), 0.5 called 64% of them spatially autocorrelated (FDR < 0.05) against 22% without it,
-            21% for MAGIC and 19% at full depth (``benchmarks/spatial_stats.py``). Not a default, for that
-            reason; see the Benchmarks page.
+            ``smooth_neighbors`` nearest spots (``smooth_graph``; observed values and fills), then each gene's
+            fills are moved back by one constant to their mean before smoothing. Applied first, before ``shrink``
+            and ``zero_dispersion``; observed entries are inputs and are not moved, nor are the samples (and
+            ``std``). Default (``None``): 0.5 with ``target="zeros"`` on sections of at least 1000 spots, 0 (off)
+            on smaller sections and for missing entries. Chosen on ``thin`` validation splits
+            (``benchmarks/zero_readouts.py``): on the DLPFC section (3,639 spots, 1000 HVGs) smoothing over the
+            expression graph with ``zero_dispersion=0.25`` and the calibrated shrink raised the per-gene PCC of
+            the filled zeros from 0.0165 to 0.0256 and lowered RMSE from 0.1117 to 0.1112; on the ~250-spot
+            Ståhl sections (two panels each, two seeds) it lowered RMSE but cost 0.002-0.006 in per-gene PCC.
+            Smoothing moves spatial statistics of the layer: on the DLPFC section, with 100 genes permuted
+            across spots (no spatial pattern), the expression graph called 26% of them spatially autocorrelated
+            (FDR < 0.05, :func:`squidpy.gr.spatial_autocorr`) against 22% without smoothing, 21% for MAGIC and
+            19% at full depth; the tissue graph (``smooth_graph="spatial"``) called 64%
+            (``benchmarks/spatial_stats.py``). See the Benchmarks page, "Smoothing the filled zeros over
+            expression neighbours".
         smooth_neighbors
-            Spots averaged with each spot by ``smooth`` (default 40; capped at ``n_obs - 1``). Sections named by
-            the ``library_key`` of :func:`stmcdi.pp.spatial_graph` are kept apart.
+            Spots averaged with each spot by ``smooth`` (default 40; capped at ``n_obs - 1``). With the tissue
+            graph, sections named by the ``library_key`` of :func:`stmcdi.pp.spatial_graph` are kept apart.
         smooth_graph
-            Which spots ``smooth`` averages over: ``"spatial"`` (default), the nearest in ``obsm[spatial_key]``;
-            ``"expression"``, the nearest in expression space, the first 50 principal components of the estimate
-            before smoothing (observed values and fills; :func:`~stmcdi.expression_neighbors`), as MAGIC averages over an
-            expression graph. The same steps and recentring; sections are not kept apart. On a ``thin``
-            validation split of the DLPFC section (1000 HVGs), ``smooth=0.5`` over the expression graph with
-            ``zero_dispersion=0.25`` raised the per-gene PCC of the filled zeros from 0.0165 to 0.0257 and lowered
-            RMSE from 0.1116 to 0.1110 (MAGIC 0.0207 / 0.1109; ``benchmarks/zero_readouts.py``); on its three test
-            splits, with the default calibrated ``shrink``, 0.0385 / 0.14091 against MAGIC's 0.0341 / 0.14092 and
-            0.0281 / 0.14126 without it. Not a default yet; see the Benchmarks page, "Smoothing the filled zeros
-            over expression neighbours".
+            Which spots ``smooth`` averages over: ``"expression"`` (default), the nearest in expression space,
+            the first 50 principal components of the estimate before smoothing (observed values and fills;
+            :func:`~stmcdi.expression_neighbors`), as MAGIC averages over an expression graph; sections are not
+            kept apart. ``"spatial"``, the nearest in ``obsm[spatial_key]``: it adds spatial structure by
+            construction, so that Moran's I of the layer partly measures the smoothing (64% of permuted genes
+            called on the DLPFC section, above).
         batch_size
             Spots per batch. Default ``max(1, 160 // n_samples)`` on a CPU and ``max(1, 640 // n_samples)`` on
             an accelerator: memory and time scale with ``batch_size * n_samples * n_genes``, and on a 2-core
@@ -817,12 +826,20 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
             raise ValueError(f"spread_scale must be a positive number, got {spread_scale!r}.")
         if isinstance(zero_rounds, bool) or not isinstance(zero_rounds, int | np.integer) or zero_rounds < 1:
             raise ValueError(f"zero_rounds must be a positive integer, got {zero_rounds!r}.")
-        if not (isinstance(zero_dispersion, int | float | np.floating | np.integer) and np.isfinite(zero_dispersion)
+        zeros_missing = isinstance(target, str) and target == "zeros"
+        # the defaults of the filled zeros on large sections; missing entries keep the network's estimate
+        zero_readout = zeros_missing and adata.n_obs >= ZERO_READOUT_MIN_SPOTS
+        if zero_dispersion is None:
+            zero_dispersion = ZERO_DISPERSION if zero_readout else 0.0
+        if smooth is None:
+            smooth = ZERO_SMOOTH if zero_readout else 0.0
+        if isinstance(zero_dispersion, bool) or not (
+                isinstance(zero_dispersion, int | float | np.floating | np.integer) and np.isfinite(zero_dispersion)
                 and zero_dispersion >= 0):
             raise ValueError(f"zero_dispersion must be a non-negative number, got {zero_dispersion!r}.")
         if shrink is None:  # the default: the calibrated shrink for the zeros, none for missing entries
             calibrated = self.spread_calibration_ is not None and "shrink" in self.spread_calibration_
-            shrink = "calibrated" if isinstance(target, str) and target == "zeros" and calibrated else 1.0
+            shrink = "calibrated" if zeros_missing and calibrated else 1.0
         if isinstance(shrink, str):
             if shrink != "calibrated":
                 raise ValueError(f"shrink must be a number in [0, 1] or 'calibrated', got {shrink!r}.")
@@ -844,7 +861,6 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
             raise ValueError(f"smooth_neighbors must be a positive integer, got {smooth_neighbors!r}.")
         if smooth_graph not in ("spatial", "expression"):
             raise ValueError(f"smooth_graph must be 'spatial' or 'expression', got {smooth_graph!r}.")
-        zeros_missing = isinstance(target, str) and target == "zeros"
         extra = None
         if not isinstance(target, str):
             extra = sp.csr_matrix(target).astype(bool)

@@ -410,7 +410,8 @@ def test_zero_dispersion_conditions_filled_zeros_on_their_zero_count_only():
     counts = a.X.toarray()
     zeros = counts == 0
     kw = {"n_samples": 3, "n_steps": 3, "seed": 4, "inplace": False}
-    plain = model.impute(target="zeros", **kw)
+    kw["smooth"] = 0.0  # the zero conditioning alone
+    plain = model.impute(target="zeros", zero_dispersion=0.0, **kw)
     moved = model.impute(target="zeros", zero_dispersion=0.5, **kw)
     missing = np.isnan(counts)
     # NaN entries and observed nonzero counts are not moved; the samples' spread is not moved either
@@ -422,8 +423,9 @@ def test_zero_dispersion_conditions_filled_zeros_on_their_zero_count_only():
     assert (moved["mean"][zeros] <= plain["mean"][zeros]).all()
     assert (moved["mean"][zeros] < plain["mean"][zeros] - 1e-4).mean() > 0.5
     assert missing.any()
-    with pytest.raises(ValueError, match="zero_dispersion"):
-        model.impute(target="zeros", zero_dispersion=-1.0)
+    for bad in (-1.0, float("nan"), True, "0.25"):
+        with pytest.raises(ValueError, match="zero_dispersion"):
+            model.impute(target="zeros", zero_dispersion=bad)
 
 
 
@@ -474,6 +476,42 @@ def test_shrink_default_is_calibrated_for_filled_zeros_and_off_for_missing_entri
     np.testing.assert_array_equal(model.impute(target="zeros", **kw)["mean"], off)
 
 
+def test_filled_zeros_of_large_sections_default_to_expression_smoothing_then_shrink_then_zero_conditioning(
+        monkeypatch):
+    import stmcdi._model as m
+
+    _, held = held_out()
+    a = held.adata
+    model = trained(a)
+    model.spread_calibration_ = {**model.spread_calibration_, "shrink": 0.5}  # a slope below 1: the shrink acts
+    kw = {"n_samples": 3, "n_steps": 3, "seed": 4, "inplace": False, "spread_scale": 1.0}  # no recalibration
+    assert (m.ZERO_SMOOTH, m.ZERO_DISPERSION, m.ZERO_READOUT_MIN_SPOTS) == (0.5, 0.25, 1000)
+    assert a.n_obs < m.ZERO_READOUT_MIN_SPOTS  # a small section: the network's estimate and the shrink only
+    np.testing.assert_array_equal(model.impute(target="zeros", **kw)["mean"],
+                                  model.impute(target="zeros", smooth=0.0, zero_dispersion=0.0, **kw)["mean"])
+    monkeypatch.setattr(m, "ZERO_READOUT_MIN_SPOTS", a.n_obs)  # the toy counts as a large section
+    default = model.impute(target="zeros", **kw)
+    chain = model.impute(target="zeros", smooth=0.5, smooth_graph="expression", smooth_neighbors=40, shrink=0.5,
+                         zero_dispersion=0.25, **kw)
+    np.testing.assert_array_equal(default["mean"], chain["mean"])
+    raw = model.impute(target="zeros", smooth=0.0, shrink=1.0, zero_dispersion=0.0, **kw)
+    counts = a.X.toarray()
+    zeros = counts == 0
+    library = np.nansum(counts, axis=1)
+    fill = zeros | np.isnan(counts)
+    target_sum = float(model.module.target_sum)
+    table = stmcdi.expression_neighbors(raw["mean"], min(40, a.n_obs - 1), seed=4)
+    expect = stmcdi.shrink_within_genes(stmcdi.smooth_fills(raw["mean"], fill, table, 0.5), fill, 0.5)
+    expect = np.where(zeros, stmcdi.zero_conditioned(expect, library, target_sum, 0.25), expect)
+    np.testing.assert_allclose(default["mean"], expect, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(default["mean"][~fill], raw["mean"][~fill])  # nonzero counts keep their value
+    np.testing.assert_array_equal(default["std"], raw["std"])  # the samples' spread is not moved
+    assert np.abs(default["mean"][fill] - raw["mean"][fill]).max() > 1e-3
+    # missing entries keep the network estimate: no smoothing, shrink or zero conditioning by default
+    missing = model.impute(**kw)["mean"]
+    np.testing.assert_array_equal(missing, model.impute(smooth=0.0, shrink=1.0, zero_dispersion=0.0, **kw)["mean"])
+
+
 def test_smooth_moves_only_filled_entries_towards_their_tissue_neighbours():
     _, held = held_out()
     a = held.adata
@@ -481,6 +519,7 @@ def test_smooth_moves_only_filled_entries_towards_their_tissue_neighbours():
     kw = {"n_samples": 3, "n_steps": 3, "seed": 4, "inplace": False}
     before = {k: a.obsm[k].copy() for k in a.obsm} | {k: a.obsp[k].copy() for k in a.obsp}
     plain = model.impute(**kw)
+    kw["smooth_graph"] = "spatial"
     sm = model.impute(smooth=0.5, smooth_neighbors=10, **kw)
     fill = np.isnan(a.X.toarray())
     np.testing.assert_array_equal(sm["mean"][~fill], plain["mean"][~fill])
@@ -509,8 +548,10 @@ def test_smooth_graph_expression_averages_over_expression_neighbours_of_the_esti
     model = trained(a)
     kw = {"n_samples": 3, "n_steps": 3, "seed": 4, "inplace": False}
     plain = model.impute(**kw)
-    ex = model.impute(smooth=0.5, smooth_neighbors=10, smooth_graph="expression", **kw)
-    sp_ = model.impute(smooth=0.5, smooth_neighbors=10, **kw)
+    ex = model.impute(smooth=0.5, smooth_neighbors=10, **kw)  # the default graph
+    np.testing.assert_array_equal(ex["mean"], model.impute(smooth=0.5, smooth_neighbors=10, smooth_graph="expression",
+                                                           **kw)["mean"])
+    sp_ = model.impute(smooth=0.5, smooth_neighbors=10, smooth_graph="spatial", **kw)
     fill = np.isnan(a.X.toarray())
     np.testing.assert_array_equal(ex["mean"][~fill], plain["mean"][~fill])  # observed entries are inputs only
     np.testing.assert_array_equal(ex["std"], plain["std"])
