@@ -109,7 +109,7 @@ def main() -> None:
         train = {"enable_progress_bar": False}
         if args.max_epochs is not None:
             train["max_epochs"] = args.max_epochs
-        x = np.asarray(stmcdi.benchmark.stmcdi_method({}, train, {"shrink": 1.0})(val.adata, seed=seed,
+        x = np.asarray(stmcdi.benchmark.stmcdi_method({}, train, {"shrink": 1.0, "smooth": 0.0, "zero_dispersion": 0.0})(val.adata, seed=seed,
                                                                                   target="zeros"),
                        dtype=np.float64)
         if args.save:

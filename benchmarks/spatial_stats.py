@@ -18,8 +18,9 @@ computed on
   ``--smooth`` (:func:`stmcdi.smooth_fills` on the same estimate, with the table ``impute`` uses), and with
   ``shrink="calibrated"`` after the largest ``a``; with ``smooth=a, smooth_graph="expression"`` for each
   ``--expr-smooth`` (:func:`stmcdi.expression_neighbors` of the estimate, 40 neighbours), and with
-  ``zero_dispersion=phi`` (:func:`stmcdi.zero_conditioned`) for each ``--zero-dispersion``, alone and after
-  each expression smoothing;
+  ``zero_dispersion=phi`` (:func:`stmcdi.zero_conditioned`) for each ``--zero-dispersion``, alone, after
+  each expression smoothing, and after each expression smoothing and the calibrated shrink (the layer
+  ``impute(target="zeros")`` writes by default since 2026-12-07 for ``--expr-smooth 0.5 --zero-dispersion 0.25``);
 - ``magic``: MAGIC's imputation (when installed).
 
 A permuted gene found spatially autocorrelated (FDR < 0.05) is a false discovery that the layer made. For the
@@ -140,7 +141,7 @@ def main() -> None:
         train = {"enable_progress_bar": False}
         if args.max_epochs is not None:
             train["max_epochs"] = args.max_epochs
-        method = stmcdi.benchmark.stmcdi_method({}, train, {"shrink": 1.0})  # the shrink is a layer of its own
+        method = stmcdi.benchmark.stmcdi_method({}, train, {"shrink": 1.0, "smooth": 0.0, "zero_dispersion": 0.0})  # the shrink is a layer of its own
         x = np.asarray(method(held.adata, seed=seed, target="zeros"), dtype=np.float32)
         model = method.last_model
         fill = vis_counts == 0
@@ -166,6 +167,9 @@ def main() -> None:
             layers[f"stmcdi:expr{a:g}"] = stmcdi.smooth_fills(x, fill, etable, a).astype(np.float32)
             for phi in args.zero_dispersion:
                 layers[f"stmcdi:expr{a:g}+phi{phi:g}"] = conditioned(layers[f"stmcdi:expr{a:g}"], phi)
+                # the order impute applies: smoothing, the calibrated shrink, then the zero conditioning
+                layers[f"stmcdi:expr{a:g}+shrink{cal:.2f}+phi{phi:g}"] = conditioned(
+                    stmcdi.shrink_within_genes(layers[f"stmcdi:expr{a:g}"], fill, cal), phi)
         if not args.no_magic and "magic" in stmcdi.benchmark.available_extras():
             layers["magic"] = np.asarray(stmcdi.benchmark.available_extras()["magic"](held.adata, seed=seed,
                                                                                       target="zeros"))

@@ -91,7 +91,8 @@ def main() -> None:
         train = {"enable_progress_bar": False}
         if args.max_epochs is not None:
             train["max_epochs"] = args.max_epochs
-        method = stmcdi.benchmark.stmcdi_method({}, train, {"shrink": 1.0}, samples=True)  # the read-outs are scored below
+        raw = {"shrink": 1.0, "smooth": 0.0, "zero_dispersion": 0.0}  # the read-outs are scored below
+        method = stmcdi.benchmark.stmcdi_method({}, train, raw, samples=True)
         out = method(val.adata, seed=seed, target="zeros")
         est = {"stmcdi": out["mean"]}
         library = np.asarray(val.adata.X.sum(1)).ravel()  # the visible counts: thin leaves no entry missing

@@ -36,9 +36,10 @@ from stmcdi._validation import missing_mask
 #: factors on the samples' deviations from their mean, scored for calibration (1.0: the samples as drawn)
 SPREAD_SCALES = (1.0, 1.25, 1.5, 1.75, 2.0)
 
-#: impute arguments of every fit: the filled zeros are scored as the network gives them (before the 2026-12-06
-#: default shrink="calibrated" of impute(target="zeros"), which only moves their RMSE), so recorded runs reproduce
-PLAIN = {"shrink": 1.0}
+#: impute arguments of every fit: the filled zeros are scored as the network gives them (before the read-outs
+#: impute(target="zeros") applies by default: the 2026-12-06 shrink="calibrated", which only moves their RMSE, and
+#: the 2026-12-07 smoothing over the expression graph and zero conditioning), so recorded runs reproduce
+PLAIN = {"shrink": 1.0, "smooth": 0.0, "zero_dispersion": 0.0}
 
 #: name -> (STMCDI arguments, train arguments); "default" is the package's defaults.
 CONFIGS: dict[str, tuple[dict, dict]] = {
@@ -124,7 +125,7 @@ def one_pass_estimate(model, adata, target, seed, zero_rounds: int = 2) -> np.nd
         raise ValueError("one_pass_estimate needs a hybrid fit: the diffusion model's estimate is its samples' mean.")
     batch_size = max(1, (640 if model.device.type != "cpu" else 160) // N_SAMPLES)
     return model.impute(adata, n_samples=1, n_steps=1, spread_scale=1.0, target=target, inplace=False,
-                        seed=seed, batch_size=batch_size, zero_rounds=zero_rounds, shrink=1.0)["mean"]
+                        seed=seed, batch_size=batch_size, zero_rounds=zero_rounds, **PLAIN)["mean"]
 
 
 def depth_estimates(model, adata, mean, weights, target, seed):

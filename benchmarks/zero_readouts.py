@@ -11,7 +11,11 @@ tissue space (``obsm["spatial"]``).
 ``--split validation`` scores the validation split of :mod:`tune` (the test split hidden first and never read):
 that is where a read-out is chosen. ``--split test`` scores the test split of ``stmcdi benchmark`` (same
 :func:`stmcdi.benchmark.hold_out` call, same seed, same panel), so the row ``stmcdi`` (the defaults) reproduces
-that command's figure; run it only for read-outs chosen on validation.
+that command's figure; run it only for read-outs chosen on validation. Since 2026-12-07 the defaults on sections
+of at least 1000 spots are ``smooth=0.5`` over the expression graph (40 spots, 3 steps), the calibrated shrink and
+``zero_dispersion=0.25`` (the row ``stmcdi`` there equals ``stmcdi:expr_k40_t3_a0.5_shrink_phi0.25``); on smaller
+sections, and everywhere before that date, the network's estimate and the calibrated shrink (``stmcdi:shrink``;
+results files written before that date name it ``stmcdi``).
 
     OMP_NUM_THREADS=2 python benchmarks/zero_readouts.py --data ../shared/data/maynard2021_dlpfc_151673_hvg5000.h5ad \
         --split validation --seeds 0 --csv benchmarks/results/zero_readouts_dlpfc_hvg_val_s0.csv
@@ -32,6 +36,7 @@ import scipy.sparse as sp
 from tune import validation_split
 
 import stmcdi
+from stmcdi._model import SMOOTH_STEPS, ZERO_DISPERSION, ZERO_READOUT_MIN_SPOTS, ZERO_SMOOTH
 from stmcdi.pp._normalize import log_normalize
 
 
@@ -89,7 +94,7 @@ def main() -> None:
         train = {"enable_progress_bar": False}
         if args.max_epochs is not None:
             train["max_epochs"] = args.max_epochs
-        method = stmcdi.benchmark.stmcdi_method({}, train, {"shrink": 1.0})
+        method = stmcdi.benchmark.stmcdi_method({}, train, {"shrink": 1.0, "smooth": 0.0, "zero_dispersion": 0.0})
         t0 = time.perf_counter()
         x = np.asarray(method(held.adata, seed=seed, target="zeros"), dtype=np.float64)
         seconds = time.perf_counter() - t0
@@ -101,7 +106,13 @@ def main() -> None:
         counts = held.adata.X.toarray() if sp.issparse(held.adata.X) else np.asarray(held.adata.X)
         fill = counts == 0  # what impute(target="zeros") fills: thin leaves no entry missing
         _, library, _ = log_normalize(counts, target_sum=target_sum)
-        variants = {"stmcdi:raw": x, "stmcdi": read_out(x, fill, None, 0.0, 3, factor, 0.0, library, target_sum)}
+        variants = {"stmcdi:raw": x, "stmcdi:shrink": read_out(x, fill, None, 0.0, 3, factor, 0.0, library, target_sum)}
+        if x.shape[0] >= ZERO_READOUT_MIN_SPOTS:  # impute's default read-out of the filled zeros on this section
+            default_table = stmcdi.expression_neighbors(x, min(40, x.shape[0] - 1), seed=seed)
+            variants["stmcdi"] = read_out(x, fill, default_table, ZERO_SMOOTH, SMOOTH_STEPS, factor, ZERO_DISPERSION,
+                                          library, target_sum)
+        else:
+            variants["stmcdi"] = variants["stmcdi:shrink"]
         if not args.no_magic:
             variants["magic"] = np.asarray(stmcdi.benchmark.available_extras()["magic"](held.adata, seed=seed,
                                                                                          target="zeros"))

@@ -91,7 +91,8 @@ def main() -> None:
         model.train(enable_progress_bar=False)
         print(f"seed {seed}: trained in {time.perf_counter() - t0:.0f} s", flush=True)
         t0 = time.perf_counter()
-        out = model.impute(target="zeros", zero_rounds=1, inplace=False, return_samples=True, seed=seed, shrink=1.0)
+        out = model.impute(target="zeros", zero_rounds=1, inplace=False, return_samples=True, seed=seed, shrink=1.0,
+                             smooth=0.0, zero_dispersion=0.0)
         report("stmcdi all zeros at once", out["mean"], out["samples"], time.perf_counter() - t0)
         for k in args.rounds:
             t0 = time.perf_counter()

@@ -137,7 +137,12 @@ def test_smooth_fills_scores_every_variant_and_recentring_keeps_the_per_gene_pcc
     assert df.loc["stmcdi:space_k5_t1_a1", "rmse"] != pytest.approx(df.loc["stmcdi", "rmse"])
 
 
-def test_zero_readouts_reproduces_the_default_read_out_and_scores_each_chain(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("large", [False, True])
+def test_zero_readouts_reproduces_the_default_read_out_and_scores_each_chain(tmp_path, monkeypatch, capsys, large):
+    import stmcdi._model
+
+    if large:  # the toy counts as a large section: the default read-out smooths the filled zeros
+        monkeypatch.setattr(stmcdi._model, "ZERO_READOUT_MIN_SPOTS", 100)
     adata = stmcdi.datasets.synthetic(n_spots=150, n_genes=30, seed=0)
     path = tmp_path / "toy.h5ad"
     adata.write_h5ad(path)
@@ -150,11 +155,15 @@ def test_zero_readouts_reproduces_the_default_read_out_and_scores_each_chain(tmp
     import pandas as pd
 
     df = pd.read_csv(csv).set_index("method")
-    assert {"stmcdi:raw", "stmcdi", "stmcdi:phi0.5", "stmcdi:expr_k5_t2_a0.5", "stmcdi:space_k5_t2_a0.5_shrink_phi0.5"} \
-        <= set(df.index)
-    assert len(df) == 2 + 2 + 2 * 2 * 2
+    assert {"stmcdi:raw", "stmcdi", "stmcdi:shrink", "stmcdi:phi0.5", "stmcdi:expr_k5_t2_a0.5",
+            "stmcdi:space_k5_t2_a0.5_shrink_phi0.5"} <= set(df.index)
+    assert len(df) == 3 + 2 + 2 * 2 * 2
     # the shrink changes no per-gene PCC; smoothing and the zero conditioning move RMSE
-    assert df.loc["stmcdi", "per_gene_pcc"] == pytest.approx(df.loc["stmcdi:raw", "per_gene_pcc"], abs=1e-9)
+    assert df.loc["stmcdi:shrink", "per_gene_pcc"] == pytest.approx(df.loc["stmcdi:raw", "per_gene_pcc"], abs=1e-9)
+    if large:
+        assert df.loc["stmcdi", "rmse"] != pytest.approx(df.loc["stmcdi:shrink", "rmse"])
+    else:  # 150 spots: the network's estimate and the calibrated shrink
+        assert df.loc["stmcdi", "rmse"] == df.loc["stmcdi:shrink", "rmse"]
     assert df.loc["stmcdi:expr_k5_t2_a0.5", "rmse"] != pytest.approx(df.loc["stmcdi:raw", "rmse"])
     assert df.loc["stmcdi:phi0.5", "rmse"] != pytest.approx(df.loc["stmcdi:raw", "rmse"])
     # the default row is what stmcdi benchmark scores on the same split with the same seed
@@ -177,8 +186,9 @@ def test_spatial_stats_scores_morans_i_of_every_layer(tmp_path, monkeypatch, cap
 
     df = pd.read_csv(csv).set_index("layer")
     assert list(df.index[:3]) == ["full", "visible", "stmcdi"] and df.index[3].startswith("stmcdi+shrink")
-    assert df.index[4] == "stmcdi:smooth1" and df.index[5].startswith("stmcdi:smooth1+shrink") and len(df) == 9
-    assert list(df.index[6:]) == ["stmcdi+phi0.25", "stmcdi:expr0.5", "stmcdi:expr0.5+phi0.25"]
+    assert df.index[4] == "stmcdi:smooth1" and df.index[5].startswith("stmcdi:smooth1+shrink")
+    assert list(df.index[6:9]) == ["stmcdi+phi0.25", "stmcdi:expr0.5", "stmcdi:expr0.5+phi0.25"]
+    assert df.index[9].startswith("stmcdi:expr0.5+shrink") and df.index[9].endswith("+phi0.25") and len(df) == 10
     assert df.loc["stmcdi:expr0.5", "null_I_mean"] != pytest.approx(df.loc["stmcdi:smooth1", "null_I_mean"])
     assert df.loc["full", "real_spearman_vs_full"] == pytest.approx(1.0)
     assert df.loc["full", "real_kept_of_full_calls"] == 1.0 and df.loc["full", "real_added_to_full_calls"] == 0
