@@ -758,9 +758,9 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
             Ståhl sections (two panels each, two seeds) it lowered RMSE but cost 0.002-0.006 in per-gene PCC.
             Smoothing moves spatial statistics of the layer: on the DLPFC section, with 100 genes permuted
             across spots (no spatial pattern), the expression graph called 26% of them spatially autocorrelated
-            (FDR < 0.05, :func:`squidpy.gr.spatial_autocorr`) against 22% without smoothing, 21% for MAGIC and
-            19% at full depth; the tissue graph (``smooth_graph="spatial"``) called 64%
-            (``benchmarks/spatial_stats.py``). See the Benchmarks page, "Smoothing the filled zeros over
+            (FDR < 0.05, :func:`squidpy.gr.spatial_autocorr`), 18% with the calibrated shrink (the default
+            on large sections), against 22% without smoothing, 21% for MAGIC and 19% at full depth; the tissue
+            graph (``smooth_graph="spatial"``) called 64% (``benchmarks/spatial_stats.py``). See the Benchmarks page, "Smoothing the filled zeros over
             expression neighbours".
         smooth_neighbors
             Spots averaged with each spot by ``smooth`` (default 40; capped at ``n_obs - 1``). With the tissue
