@@ -760,8 +760,8 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
             across spots (no spatial pattern), the expression graph called 26% of them spatially autocorrelated
             (FDR < 0.05, :func:`squidpy.gr.spatial_autocorr`), 18% with the calibrated shrink (the default
             on large sections), against 22% without smoothing, 21% for MAGIC and 19% at full depth; the tissue
-            graph (``smooth_graph="spatial"``) called 64% (``benchmarks/spatial_stats.py``). See the Benchmarks page, "Smoothing the filled zeros over
-            expression neighbours".
+            graph (``smooth_graph="spatial"``) called 64% (``benchmarks/spatial_stats.py``). See the Benchmarks
+            page, "Smoothing the filled zeros over expression neighbours".
         smooth_neighbors
             Spots averaged with each spot by ``smooth`` (default 40; capped at ``n_obs - 1``). With the tissue
             graph, sections named by the ``library_key`` of :func:`stmcdi.pp.spatial_graph` are kept apart.
