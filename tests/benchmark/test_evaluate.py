@@ -57,7 +57,7 @@ def test_evaluate_custom_method_receives_masked_data():
     adata = _data()
     seen = {}
 
-    def oracle_free(adata_masked, *, layer=None, seed=0, target="missing"):
+    def oracle_free(adata_masked, *, layer=None, seed=0, target="missing", nonzero=False):
         X = adata_masked.layers[layer] if layer else adata_masked.X
         seen["n_nan"] = int(np.isnan(X.data).sum())
         seen["seed"] = seed
@@ -131,14 +131,14 @@ def test_real_data_mob():
     df = evaluate(adata, BASELINES, protocols=("entries",), ratio=0.1, seeds=(0,)).set_index("method")
     assert df.loc["gene_mean", "pcc"] > 0.5
     # structure beyond the gene mean: the expression-space and low-rank baselines lower the error
-    for name in ("expression_knn", "low_rank"):
+    for name in ("expression_knn", "soft_impute", "stack"):
         assert df.loc[name, "rmse"] < df.loc["gene_mean", "rmse"], name
     assert df.loc["spatial_knn", "per_gene_pcc"] > 0.1
     # the split-half noise ceiling bounds what the best baseline reaches
     ceiling = split_half_ceiling(adata)
     assert 0.5 < ceiling < 0.95
     assert df.per_gene_pcc.max() < ceiling
-    assert "low_rank" in to_markdown(summarize(df.reset_index(), ceiling=ceiling))
+    assert "soft_impute" in to_markdown(summarize(df.reset_index(), ceiling=ceiling))
 
 
 def test_parse_protocols_and_ratios():
@@ -159,7 +159,7 @@ def test_evaluate_scores_samples_when_a_method_returns_them():
     rng = np.random.default_rng(0)
     adata = AnnData(rng.poisson(3.0, size=(60, 20)).astype(np.float32))
 
-    def noisy(a, *, layer=None, seed=0, target="missing"):
+    def noisy(a, *, layer=None, seed=0, target="missing", nonzero=False):
         mean = BASELINES["gene_mean"](a, layer=layer, seed=seed, target=target)
         draws = mean[None] + np.random.default_rng(seed).normal(0, 0.3, size=(25, *mean.shape))
         return {"mean": mean, "samples": draws}
@@ -197,7 +197,7 @@ def test_evaluate_chooses_the_panel_in_each_split():
     adata = _data()
     seen = []
 
-    def record(adata_masked, *, layer=None, seed=0, target="missing"):
+    def record(adata_masked, *, layer=None, seed=0, target="missing", nonzero=False):
         seen.append((seed, tuple(adata_masked.var_names)))
         x, _, _ = log_normalize(adata_masked.X)
         return np.where(np.isnan(x), 0.0, x)

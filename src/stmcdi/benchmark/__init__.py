@@ -1,7 +1,7 @@
 """Benchmarking imputation: seeded hold-out protocols, metrics on the log-normalised scale, baselines, harness."""
 
 from ._ablation import ABLATIONS, ablation
-from ._baselines import BASELINES, expression_knn, gene_mean, low_rank, spatial_knn, spot_mean
+from ._baselines import BASELINES, expression_knn, gene_mean, soft_impute, spatial_knn, spot_mean
 from ._evaluate import compare, evaluate, parse_protocols, summarize, to_markdown
 from ._extras import EXTRAS, available_extras, magic, scvi_impute, stagate
 from ._masking import PROTOCOLS, HeldOut, hold_out
@@ -37,7 +37,6 @@ __all__ = [
     "gene_mean",
     "hold_out",
     "interval_coverage",
-    "low_rank",
     "magic",
     "mae",
     "parse_protocols",
@@ -47,6 +46,7 @@ __all__ = [
     "rmse",
     "score",
     "scvi_impute",
+    "soft_impute",
     "spatial_knn",
     "spot_mean",
     "split_half_ceiling",

@@ -1,8 +1,17 @@
-"""Baseline imputers on the log-normalised scale, and the method registry used by :func:`evaluate`.
+"""Baseline imputers on the log-normalised scale, each choosing its own hyperparameters, and their registry.
 
-Every baseline takes the dense log-normalised ``(n_obs, n_vars)`` matrix with NaN at missing entries and
-returns a full matrix: observed entries unchanged, NaN entries filled (the gene mean where a method cannot
-fill). To treat zeros as missing, set them to NaN before calling.
+Every baseline reads the dense log-normalised ``(n_obs, n_vars)`` matrix with NaN at missing entries. The
+matrix functions (:func:`gene_mean`, :func:`spatial_knn`, ...) fill the NaN entries with fixed hyperparameters.
+The benchmark methods of :data:`BASELINES` choose their hyperparameters on an inner hold-out of observed entries
+of the data they are given (:func:`stmcdi._estimators.held_back_entries`; never the scored entries), then
+estimate every entry from all observed ones:
+
+- ``target="missing"``: the NaN entries get the estimate, observed entries keep their value;
+- ``target="zeros"`` (the ``thin`` protocol): the method sees the visible matrix, zeros included, and returns
+  its estimate at every entry (the scored entries are the visible zeros): it denoises, it is not told that the
+  zeros are missing;
+- ``nonzero=True`` (the ``nonzero`` protocol): the method is told that the entries to fill are nonzero counts,
+  and fits on the observed nonzero entries only.
 """
 
 from __future__ import annotations
@@ -13,9 +22,14 @@ import numpy as np
 import scipy.sparse as sp
 from anndata import AnnData
 
+from stmcdi import _estimators as est
+from stmcdi import _stack as stk
 from stmcdi._constants import KEYS
 from stmcdi._validation import get_coordinates, get_layer
-from stmcdi.pp._normalize import log_normalize
+from stmcdi.pp._normalize import default_target_sum, log_normalize
+
+#: candidate neighbour counts of the tuned kNN baselines
+NEIGHBOUR_KS = (2, 4, 6, 8, 12, 18, 30, 45, 60)
 
 
 def _as_matrix(x) -> np.ndarray:
@@ -27,19 +41,10 @@ def _as_matrix(x) -> np.ndarray:
     return x
 
 
-def _column_means(x: np.ndarray) -> np.ndarray:
-    """Column nanmean; all-missing columns get the global mean (0 when nothing is observed)."""
-    obs = ~np.isnan(x)
-    n = obs.sum(axis=0)
-    s = np.where(obs, x, 0.0).sum(axis=0)
-    glob = float(s.sum() / n.sum()) if n.sum() else 0.0
-    return np.divide(s, n, out=np.full(x.shape[1], glob), where=n > 0)
-
-
 def _fill(x: np.ndarray, values: np.ndarray) -> np.ndarray:
     """Copy of ``x`` with NaN entries taken from ``values`` (same shape)."""
-    miss = np.isnan(x)
     out = x.copy()
+    miss = np.isnan(x)
     out[miss] = values[miss]
     return out
 
@@ -54,8 +59,7 @@ def gene_mean(x) -> np.ndarray:
 
     Returns
     -------
-    float64 ``(n_obs, n_vars)``: observed entries unchanged, missing ones the column mean (genes with no
-    observed entry get the global mean).
+    float64 ``(n_obs, n_vars)``: observed entries unchanged, missing ones the column mean.
 
     Examples
     --------
@@ -65,7 +69,7 @@ def gene_mean(x) -> np.ndarray:
            [3., 4.]])
     """
     x = _as_matrix(x)
-    return _fill(x, np.broadcast_to(_column_means(x), x.shape))
+    return _fill(x, est.GeneMean(x).dense().astype(np.float64))
 
 
 def spot_mean(x) -> np.ndarray:
@@ -78,8 +82,8 @@ def spot_mean(x) -> np.ndarray:
 
     Returns
     -------
-    float64 ``(n_obs, n_vars)``: observed entries unchanged, missing ones the row mean (spots with no observed
-    entry get the gene means).
+    float64 ``(n_obs, n_vars)``: observed entries unchanged, missing ones the row mean (the gene mean for a spot
+    with no observed entry).
 
     Examples
     --------
@@ -89,56 +93,32 @@ def spot_mean(x) -> np.ndarray:
            [3., 4.]])
     """
     x = _as_matrix(x)
-    obs = ~np.isnan(x)
-    n = obs.sum(axis=1)
-    s = np.where(obs, x, 0.0).sum(axis=1)
-    row = np.divide(s, n, out=np.zeros(x.shape[0]), where=n > 0)
-    values = np.where((n > 0)[:, None], row[:, None], _column_means(x)[None, :])
-    return _fill(x, values)
+    return _fill(x, _spot_means(x))
 
 
-def _neighbour_fill(x: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
-    """Fill NaN entries with the mean over neighbours where the gene is observed, else the gene mean."""
-    n_obs, k = neighbours.shape
-    adj = sp.csr_matrix(
-        (np.ones(n_obs * k), (np.repeat(np.arange(n_obs), k), neighbours.ravel())), shape=(n_obs, n_obs)
-    )
-    obs = ~np.isnan(x)
-    sums = adj @ np.where(obs, x, 0.0)
-    counts = adj @ obs.astype(np.float64)
-    values = np.divide(sums, counts, out=np.broadcast_to(_column_means(x), x.shape).copy(), where=counts > 0)
-    return _fill(x, values)
-
-
-def _knn(points: np.ndarray, n_neighbors: int) -> np.ndarray:
-    from sklearn.neighbors import NearestNeighbors
-
-    if int(n_neighbors) < 1:
-        raise ValueError(f"`n_neighbors` must be at least 1, got {n_neighbors}.")
-    k = min(int(n_neighbors), points.shape[0] - 1)
-    if k < 1:
-        raise ValueError("Neighbour-based imputation needs at least 2 spots.")
-    # kneighbors() without a query excludes each point from its own neighbours
-    return NearestNeighbors(n_neighbors=k).fit(points).kneighbors(return_distance=False)
+def _spot_means(x: np.ndarray) -> np.ndarray:
+    """Each spot's mean over its observed entries, broadcast over genes (the gene mean for an empty spot)."""
+    has = (~np.isnan(x)).any(axis=1)
+    return np.where(has[:, None], est.column_means(x.T)[:, None], est.column_means(x)[None, :])
 
 
 def expression_knn(x, n_neighbors: int = 10, n_pcs: int = 30, seed: int = 0) -> np.ndarray:
     """Fill missing entries from the nearest spots in expression space (the paper's "KNN" baseline).
 
-    Spots are embedded by PCA of the gene-mean-filled, per-gene standardised matrix; each missing entry
-    becomes the mean of that gene over the spot's ``n_neighbors`` nearest spots where the gene is observed
-    (the gene mean when it is observed in none of them).
+    Spots are compared in the principal components of the standardised, mean-filled matrix
+    (:class:`~stmcdi._estimators.ExpressionNeighbours`); a missing entry becomes the gene's mean over the
+    spot's ``n_neighbors`` nearest spots where it is observed (the gene mean where it is observed in none).
 
     Parameters
     ----------
     x
         ``(n_obs, n_vars)`` log-normalised values, NaN at missing entries.
     n_neighbors
-        Number of neighbours (self excluded).
+        Number of neighbours (self excluded; at most ``n_obs - 1``).
     n_pcs
-        Number of principal components (capped at ``min(n_obs, n_vars) - 1``).
+        Number of principal components.
     seed
-        Seed of the (randomised) PCA.
+        Seed of the randomised PCA.
 
     Returns
     -------
@@ -151,23 +131,14 @@ def expression_knn(x, n_neighbors: int = 10, n_pcs: int = 30, seed: int = 0) -> 
     >>> expression_knn(x, n_neighbors=1, n_pcs=2)[:, 2]
     array([0., 0., 5., 5.])
     """
-    from sklearn.decomposition import PCA
-
     x = _as_matrix(x)
-    filled = gene_mean(x)
-    sd = filled.std(axis=0)
-    z = (filled - filled.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
-    n_comp = min(int(n_pcs), min(z.shape) - 1)
-    emb = PCA(n_components=n_comp, random_state=seed).fit_transform(z) if n_comp >= 1 else z
-    return _neighbour_fill(x, _knn(emb, n_neighbors))
+    k = int(min(n_neighbors, x.shape[0] - 1))
+    table = est.ExpressionNeighbours(x, n_pcs=n_pcs, seed=seed).table(k)
+    return _fill(x, est.NeighbourMean(x, table).dense().astype(np.float64))
 
 
-def spatial_knn(x, coords, n_neighbors: int = 5) -> np.ndarray:
-    """Fill missing entries from the nearest spots in space.
-
-    Each missing entry becomes the mean of that gene over the spot's ``n_neighbors`` nearest spots
-    (Euclidean distance on ``coords``, self excluded) where the gene is observed, or the gene mean when it
-    is observed in none of them.
+def spatial_knn(x, coords, n_neighbors: int = 6) -> np.ndarray:
+    """Fill missing entries with the gene's mean over the spot's nearest spots in space where it is observed.
 
     Parameters
     ----------
@@ -186,46 +157,26 @@ def spatial_knn(x, coords, n_neighbors: int = 5) -> np.ndarray:
     --------
     >>> import numpy as np
     >>> x = np.array([[1.0], [np.nan], [3.0], [9.0]])
-    >>> spatial_knn(x, np.array([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0], [10.0, 0.0]]), n_neighbors=2)
-    array([[1.],
-           [2.],
-           [3.],
-           [9.]])
+    >>> spatial_knn(x, np.array([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0], [10.0, 0.0]]), n_neighbors=2).ravel()
+    array([1., 2., 3., 9.])
     """
     x = _as_matrix(x)
-    coords = np.asarray(coords, dtype=np.float64)
-    if coords.ndim != 2 or coords.shape[0] != x.shape[0]:
-        raise ValueError(f"`coords` has shape {coords.shape}; expected ({x.shape[0]}, 2 | 3).")
-    return _neighbour_fill(x, _knn(coords, n_neighbors))
+    return _fill(x, est.NeighbourMean(x, _coords_table(coords, x.shape[0], n_neighbors)).dense().astype(np.float64))
 
 
-#: Default SoftImpute shrinkage of :func:`low_rank`, as a fraction of the top singular value of the
-#: gene-centred, mean-filled matrix.
-LOW_RANK_SHRINKAGE_FRACTION = 0.1
-
-
-def low_rank(
-    x, rank: int | None = None, shrinkage: float | None = None, max_iter: int = 100, tol: float = 1e-4
-) -> np.ndarray:
-    """Fill missing entries with SoftImpute (Mazumder et al., 2010).
-
-    The matrix is centred per gene (observed means); starting from the gene means, the missing entries are
-    repeatedly replaced by a soft-thresholded SVD reconstruction ``U max(s - lambda, 0) V^T`` of the
-    completed matrix until the relative change falls below ``tol``.
+def soft_impute(x, rank: int = 10, fraction: float = 0.1, seed: int = 0) -> np.ndarray:
+    """Fill missing entries with soft-impute (Mazumder et al., 2010).
 
     Parameters
     ----------
     x
         ``(n_obs, n_vars)`` log-normalised values, NaN at missing entries.
     rank
-        Keep at most this many singular values (``None``: no cap, the shrinkage alone sets the rank).
-    shrinkage
-        The threshold ``lambda``. Default: ``LOW_RANK_SHRINKAGE_FRACTION`` (0.1) times the top singular value
-        of the gene-centred, mean-filled matrix; larger values give lower rank and smoother fills.
-    max_iter
-        Maximum number of iterations.
-    tol
-        Convergence threshold on ``|Z_new - Z|_F^2 / |Z|_F^2`` of the reconstruction.
+        Most singular values kept.
+    fraction
+        Soft threshold as a fraction of the top singular value of the gene-centred, zero-filled matrix.
+    seed
+        Seed of the randomised SVD.
 
     Returns
     -------
@@ -238,86 +189,126 @@ def low_rank(
     >>> full = rng.normal(size=(30, 1)) @ rng.normal(size=(1, 8))
     >>> x = full.copy()
     >>> x[0, 0] = np.nan
-    >>> bool(abs(low_rank(x)[0, 0] - full[0, 0]) < 0.2)
+    >>> bool(abs(soft_impute(x, rank=1, fraction=0.0)[0, 0] - full[0, 0]) < 0.05)
     True
     """
     x = _as_matrix(x)
-    miss = np.isnan(x)
-    mu = _column_means(x)
-    if not miss.any():
-        return x.copy()
-    xc = np.where(miss, 0.0, x - mu)
-    if rank is not None and int(rank) < 1:
-        raise ValueError(f"`rank` must be a positive integer or None, got {rank}.")
-    if shrinkage is None:
-        top = np.linalg.norm(xc, 2) if min(xc.shape) > 0 else 0.0
-        shrinkage = LOW_RANK_SHRINKAGE_FRACTION * top
-    if shrinkage < 0:
-        raise ValueError(f"`shrinkage` must be non-negative, got {shrinkage}.")
-    z = np.zeros_like(xc)
-    for _ in range(int(max_iter)):
-        u, s, vt = np.linalg.svd(np.where(miss, z, xc), full_matrices=False)
-        s = np.maximum(s - shrinkage, 0.0)
-        if rank is not None:
-            s[int(rank) :] = 0.0
-        keep = s > 0
-        z_new = (u[:, keep] * s[keep]) @ vt[keep]
-        denom = (z * z).sum()
-        delta = ((z_new - z) ** 2).sum()
-        z = z_new
-        if denom > 0 and delta / denom < tol:
-            break
-    return _fill(x, z + mu)
+    return _fill(x, est.LowRank(x, rank, fraction, seed=seed).dense().astype(np.float64))
 
 
-def _lognorm(adata: AnnData, layer: str | None, target: str = "missing") -> np.ndarray:
-    """Log-normalised masked data; with ``target="zeros"`` zero entries also become NaN (to be filled)."""
+def _coords_table(coords, n_obs: int, n_neighbors: int) -> np.ndarray:
+    from sklearn.neighbors import NearestNeighbors
+
+    coords = np.asarray(coords, dtype=np.float64)
+    if coords.ndim != 2 or coords.shape[0] != n_obs:
+        raise ValueError(f"`coords` has shape {coords.shape}; expected ({n_obs}, 2 | 3).")
+    k = int(min(n_neighbors, n_obs - 1))
+    if k < 1:
+        raise ValueError("Neighbour-based imputation needs at least 2 spots.")
+    return NearestNeighbors(n_neighbors=k).fit(coords).kneighbors(return_distance=False)
+
+
+# ------------------------------------------------------------------------------------------ benchmark methods
+def lognormal_input(adata: AnnData, layer: str | None, nonzero: bool = False) -> np.ndarray:
+    """The log-normalised masked data a baseline reads; with ``nonzero`` its zero entries are NaN (not used)."""
     x, _, _ = log_normalize(get_layer(adata, layer))
-    x = x.astype(np.float64)
-    if target == "zeros":
+    x = x.astype(np.float32)
+    if nonzero:
         x[x == 0] = np.nan
-    elif target != "missing":
-        raise ValueError(f"target must be 'missing' or 'zeros', got {target!r}.")
     return x
 
 
-def _method_gene_mean(
-    adata: AnnData, *, layer: str | None = None, seed: int = 0, target: str = "missing"
-) -> np.ndarray:
-    return gene_mean(_lognorm(adata, layer, target))
+def _finish(x_full: np.ndarray, x: np.ndarray, estimate: np.ndarray, target: str, nonzero: bool) -> np.ndarray:
+    """What a baseline returns: its estimate at the entries to fill, the data elsewhere."""
+    if target not in ("missing", "zeros"):
+        raise ValueError(f"target must be 'missing' or 'zeros', got {target!r}.")
+    fill = np.isnan(x_full)
+    if target == "zeros":
+        fill = fill | (x_full == 0)
+    out = np.nan_to_num(x_full.astype(np.float64))
+    out[fill] = np.asarray(estimate, dtype=np.float64)[fill]
+    return out
 
 
-def _method_spot_mean(
-    adata: AnnData, *, layer: str | None = None, seed: int = 0, target: str = "missing"
-) -> np.ndarray:
-    return spot_mean(_lognorm(adata, layer, target))
+def _tuned(adata, layer, seed, target, nonzero, estimate: Callable) -> np.ndarray:
+    """Run ``estimate(x, held, seed) -> (n_obs, n_vars)`` on the data as the baseline sees it."""
+    x_full, _, _ = log_normalize(get_layer(adata, layer))
+    x = lognormal_input(adata, layer, nonzero)
+    held = est.held_back_entries(~np.isnan(x), seed)
+    return _finish(x_full, x, estimate(x, held, seed), target, nonzero)
 
 
-def _method_expression_knn(
-    adata: AnnData, *, layer: str | None = None, seed: int = 0, target: str = "missing"
-) -> np.ndarray:
-    return expression_knn(_lognorm(adata, layer, target), seed=seed)
+def _method_gene_mean(adata, *, layer=None, seed=0, target="missing", nonzero=False):
+    return _tuned(adata, layer, seed, target, nonzero, lambda x, h, s: est.GeneMean(x).dense())
 
 
-def _method_spatial_knn(
-    adata: AnnData, *, layer: str | None = None, seed: int = 0, target: str = "missing"
-) -> np.ndarray:
-    return spatial_knn(_lognorm(adata, layer, target), get_coordinates(adata, KEYS.SPATIAL))
+def _method_spot_mean(adata, *, layer=None, seed=0, target="missing", nonzero=False):
+    return _tuned(adata, layer, seed, target, nonzero, lambda x, h, s: _spot_means(x))
 
 
-def _method_low_rank(
-    adata: AnnData, *, layer: str | None = None, seed: int = 0, target: str = "missing"
-) -> np.ndarray:
-    return low_rank(_lognorm(adata, layer, target))
+def _knn_method(table_of: Callable) -> Callable:
+    def method(adata, *, layer=None, seed=0, target="missing", nonzero=False):
+        def run(x, held, s):
+            xin = est.hide(x, held)
+            k_max = min(max(NEIGHBOUR_KS), x.shape[0] - 1)
+            k = est.tune_neighbours(xin, x, held, table_of(adata, xin, k_max, s),
+                                    [k for k in NEIGHBOUR_KS if k <= k_max] or [k_max])
+            return est.NeighbourMean(x, table_of(adata, x, k, s)).dense()
+        return _tuned(adata, layer, seed, target, nonzero, run)
+    return method
 
 
-#: The baseline methods, each called as ``method(adata_masked, *, layer=None, seed=0, target="missing")``. Each
-#: log-normalises the masked counts with :func:`stmcdi.pp.log_normalize` and returns the dense imputed matrix on
-#: that scale. ``target="zeros"`` (the ``thin`` protocol) fills zero entries too, as ``STMCDI.impute`` does.
+def _spatial_table(adata, x, k, seed):
+    return _coords_table(get_coordinates(adata, KEYS.SPATIAL), x.shape[0], k)
+
+
+def _expression_table(adata, x, k, seed):
+    return est.ExpressionNeighbours(x, seed=seed).table(int(min(k, x.shape[0] - 1)))
+
+
+def _method_soft_impute(adata, *, layer=None, seed=0, target="missing", nonzero=False):
+    def run(x, held, s):
+        rank, frac = est.tune_soft_impute(est.hide(x, held), x, held, s)
+        fit = None
+        for f in est.SOFT_IMPUTE_FRACTIONS:
+            if f < frac:
+                break
+            fit = est.LowRank(x, rank, f, seed=s, start=fit)
+        return fit.dense()
+    return _tuned(adata, layer, seed, target, nonzero, run)
+
+
+def _method_stack(adata, *, layer=None, seed=0, target="missing", nonzero=False):
+    def run(x, held, s):
+        spatial = _coords_table(get_coordinates(adata, KEYS.SPATIAL), x.shape[0], max(est.SPATIAL_KS))
+        stack = stk.fit_stack(x, held, spatial, seed=s)
+        estimates = stk.classical_estimates(x, spatial, stack.params, s)
+        out = np.vstack([stk.combine(stack, estimates, np.arange(i, min(i + est.BLOCK, x.shape[0])))
+                         for i in range(0, x.shape[0], est.BLOCK)])
+        if target == "zeros":  # a zero lowers the estimate of its own entry, as in STMCDI's read-out
+            counts = get_layer(adata, layer)
+            counts = np.asarray(counts.toarray() if sp.issparse(counts) else counts, dtype=np.float64)
+            lib = np.nansum(counts, axis=1)
+            r, c = held.nonzero()
+            target_sum = default_target_sum(lib)
+            phi = stk.fit_zero_dispersion(counts[r, c], stack.fitted, lib[r], target_sum, s)
+            zero = x == 0
+            out[zero] = stk.condition_on_zero(out, lib[:, None], target_sum, phi)[zero]
+        return out
+    return _tuned(adata, layer, seed, target, nonzero, run)
+
+
+#: The baseline methods, each called as ``method(adata_masked, *, layer=None, seed=0, target="missing",
+#: nonzero=False)`` and returning the dense imputed matrix on the log-normalised scale of the masked counts
+#: (:func:`stmcdi.pp.log_normalize`). The kNN, soft-impute and stacked baselines choose their hyperparameters
+#: (neighbours; rank and threshold; the stack's weights) on an inner hold-out of observed entries. ``stack`` is
+#: the least-squares stack of gene mean, spot depth, spatial kNN at two widths, expression kNN, soft-impute and
+#: its spatial average: the classical part of STMCDI's read-out.
 BASELINES: dict[str, Callable[..., np.ndarray]] = {
     "gene_mean": _method_gene_mean,
     "spot_mean": _method_spot_mean,
-    "expression_knn": _method_expression_knn,
-    "spatial_knn": _method_spatial_knn,
-    "low_rank": _method_low_rank,
+    "spatial_knn": _knn_method(_spatial_table),
+    "expression_knn": _knn_method(_expression_table),
+    "soft_impute": _method_soft_impute,
+    "stack": _method_stack,
 }

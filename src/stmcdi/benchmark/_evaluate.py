@@ -74,14 +74,15 @@ def parse_protocols(
     return out
 
 
-def _unpack(pred) -> tuple[np.ndarray, np.ndarray | None]:
-    """A method's output: an array, or a mapping with ``"mean"`` and optionally ``"samples"``."""
+def _unpack(pred) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """A method's output: an array, or a mapping with ``"mean"`` and optionally ``"samples"`` and ``"variants"``."""
     if isinstance(pred, Mapping):
         if "mean" not in pred:
             raise KeyError(f"A method returned a dict without 'mean' (keys {list(pred)}).")
         samples = pred.get("samples")
-        return np.asarray(pred["mean"]), None if samples is None else np.asarray(samples)
-    return np.asarray(pred), None
+        return (np.asarray(pred["mean"]), None if samples is None else np.asarray(samples),
+                dict(pred.get("variants") or {}))
+    return np.asarray(pred), None, {}
 
 
 def evaluate(
@@ -108,11 +109,14 @@ def evaluate(
     adata
         Annotated data with raw counts (and ``obsm["spatial"]`` for spatial methods). Not modified.
     methods
-        Mapping name -> ``method(adata_masked, *, layer, seed, target)`` returning the dense ``(n_obs, n_vars)``
-        imputation on the log-normalised scale of the masked data (see :data:`~stmcdi.benchmark.BASELINES`), or
-        a dict with that array under ``"mean"`` and ``(n_samples, n_obs, n_vars)`` draws under ``"samples"``;
-        ``target`` is ``"zeros"`` for the ``thin`` protocol (fill the visible zeros) and ``"missing"``
-        otherwise. Default: all baselines.
+        Mapping name -> ``method(adata_masked, *, layer, seed, target, nonzero)`` returning the dense
+        ``(n_obs, n_vars)`` imputation on the log-normalised scale of the masked data (see
+        :data:`~stmcdi.benchmark.BASELINES`), or a dict with that array under ``"mean"``, optionally
+        ``(n_samples, n_obs, n_vars)`` draws under ``"samples"`` and further estimates of the same fit under
+        ``"variants"`` (name -> array, scored as ``f"{method}:{name}"``). Every method is told the same things:
+        ``target="zeros"`` for ``thin`` (the method sees the visible matrix, zeros included, and is scored by its
+        value at the visible zeros), ``"missing"`` otherwise; ``nonzero=True`` for ``nonzero`` (the held-out
+        entries are nonzero counts), ``False`` otherwise. Default: all baselines.
     protocols
         Hold-out protocols, see :func:`~stmcdi.benchmark.hold_out`: names, or ``"name:ratio"`` strings /
         ``(name, ratio)`` pairs to run one protocol at several ratios (:func:`parse_protocols`).
@@ -173,24 +177,27 @@ def evaluate(
             logger.info("protocol=%s ratio=%g seed=%d: %d entries held out in %d genes", protocol, r, seed,
                         held.n_scored, held.adata.n_vars)
             rr, cc = held.mask.nonzero()
+            told = {"target": "zeros" if protocol == "thin" else "missing", "nonzero": protocol == "nonzero"}
             for name, method in methods.items():
                 t0 = time.perf_counter()
-                # thin scores the visible zeros: every method is asked to fill zeros as well as NaN
-                target = "zeros" if protocol == "thin" else "missing"
-                pred, samples = _unpack(method(held.adata, layer=layer, seed=int(seed), target=target))
+                pred, samples, variants = _unpack(method(held.adata, layer=layer, seed=int(seed), **told))
                 seconds = time.perf_counter() - t0
-                s = score(held, pred, min_entries=min_entries)
-                prob = {"crps": np.nan, **{f"coverage_{round(lv * 100)}": np.nan for lv in levels}}
-                if samples is not None:
-                    draws = samples[:, rr, cc]
-                    prob["crps"] = crps_ensemble(held.truth, draws)
-                    for lv in levels:
-                        prob[f"coverage_{round(lv * 100)}"] = interval_coverage(held.truth, draws, level=lv)
-                logger.info("  %s: per-gene PCC %.4f, RMSE %.4f (%.2f s)", name, s["per_gene_pcc"], s["rmse"], seconds)
-                row = {"protocol": protocol, "ratio": r, "seed": int(seed), "method": name, **s, **prob, "seconds": seconds}
-                rows.append(row)
-                if on_result is not None:
-                    on_result(row)
+                for label, values, draws_all in [(name, pred, samples),
+                                                 *((f"{name}:{k}", np.asarray(v), None) for k, v in variants.items())]:
+                    s = score(held, values, min_entries=min_entries)
+                    prob = {"crps": np.nan, **{f"coverage_{round(lv * 100)}": np.nan for lv in levels}}
+                    if draws_all is not None:
+                        draws = draws_all[:, rr, cc]
+                        prob["crps"] = crps_ensemble(held.truth, draws)
+                        for lv in levels:
+                            prob[f"coverage_{round(lv * 100)}"] = interval_coverage(held.truth, draws, level=lv)
+                    logger.info("  %s: per-gene PCC %.4f, RMSE %.4f (%.2f s)", label, s["per_gene_pcc"], s["rmse"],
+                                seconds)
+                    row = {"protocol": protocol, "ratio": r, "seed": int(seed), "method": label, **s, **prob,
+                           "seconds": seconds}
+                    rows.append(row)
+                    if on_result is not None:
+                        on_result(row)
     return pd.DataFrame(rows)
 
 

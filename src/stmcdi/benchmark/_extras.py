@@ -1,12 +1,13 @@
 """Wrappers of other imputation tools (MAGIC, scVI, STAGATE), used by the benchmark when they are installed.
 
-Each wrapper has the benchmark method signature ``method(adata_masked, *, layer=None, seed=0,
-target="missing") -> np.ndarray`` and returns the dense imputation on the log-normalised scale of the masked
-data (:func:`stmcdi.pp.log_normalize`, the scale the benchmark scores on). None of these tools accepts missing
-entries, so each starts from a complete matrix: a missing entry starts at its gene's observed mean (on the
-log scale for MAGIC and STAGATE, as an expected count ``mean fraction x library`` for scVI). With
-``target="zeros"`` (the ``thin`` protocol) the zeros stay zeros in the input, as in ordinary use, and are
-read back from the tool's output.
+Each wrapper has the benchmark method signature ``method(adata_masked, *, layer=None, seed=0, target="missing",
+nonzero=False) -> np.ndarray`` and returns the dense imputation on the log-normalised scale of the masked data
+(:func:`stmcdi.pp.log_normalize`, the scale the benchmark scores on). None of these tools accepts missing
+entries, so each starts from a complete matrix: a missing entry starts at its gene's observed mean (on the log
+scale for MAGIC and STAGATE, as an expected count ``mean fraction x library`` for scVI). With ``target="zeros"``
+(the ``thin`` protocol) the zeros stay zeros in the input, as in ordinary use, and the tool's output is read at
+every zero. With ``nonzero=True`` the tool is told that the entries to fill are nonzero: its zeros are treated as
+missing too.
 """
 
 from __future__ import annotations
@@ -17,11 +18,15 @@ from collections.abc import Callable
 import numpy as np
 from anndata import AnnData
 
+from stmcdi import _estimators as est
 from stmcdi._constants import KEYS
 from stmcdi._validation import get_coordinates, get_layer
 from stmcdi.pp._normalize import log_normalize
 
-from ._baselines import _column_means, _fill, _lognorm
+from ._baselines import _finish, lognormal_input
+
+#: candidate diffusion times of :func:`magic`
+MAGIC_TS = (1, 2, 3, 4, 6, 8)
 
 
 def _install_hint(package: str, module: str) -> ImportError:
@@ -31,17 +36,17 @@ def _install_hint(package: str, module: str) -> ImportError:
     )
 
 
-def _start(adata: AnnData, layer: str | None, target: str) -> tuple[np.ndarray, np.ndarray]:
-    """Log-normalised input with every entry filled (missing -> gene mean) and the mask of entries to fill."""
-    if target not in ("missing", "zeros"):
-        raise ValueError(f"target must be 'missing' or 'zeros', got {target!r}.")
-    x = _lognorm(adata, layer, "missing")  # zeros kept as zeros in the input
-    fill = np.isnan(x) | (x == 0) if target == "zeros" else np.isnan(x)
-    return _fill(x, np.broadcast_to(_column_means(x), x.shape)), fill
+def _start(x: np.ndarray) -> np.ndarray:
+    """``x`` with its NaN entries at the gene's observed mean."""
+    return np.where(np.isnan(x), est.column_means(x)[None, :], x)
 
 
-def magic(adata: AnnData, *, layer: str | None = None, seed: int = 0, target: str = "missing", **kwargs) -> np.ndarray:
+def magic(adata: AnnData, *, layer: str | None = None, seed: int = 0, target: str = "missing", nonzero: bool = False,
+          t: int | None = None, **kwargs) -> np.ndarray:
     """MAGIC (van Dijk et al. 2018) on the log-normalised masked data, via the ``magic-impute`` package.
+
+    The diffusion time ``t`` is chosen among ``MAGIC_TS`` on an inner hold-out of observed entries (held back at
+    their gene mean, as missing entries are), unless given.
 
     Parameters
     ----------
@@ -50,11 +55,15 @@ def magic(adata: AnnData, *, layer: str | None = None, seed: int = 0, target: st
     layer
         Layer with the counts; ``None`` uses ``adata.X``.
     seed
-        ``random_state`` of MAGIC.
+        ``random_state`` of MAGIC and seed of the inner hold-out.
     target
-        ``"missing"`` fills the NaN entries; ``"zeros"`` also fills the zeros.
+        ``"missing"`` fills the NaN entries; ``"zeros"`` also returns MAGIC's value at the zeros.
+    nonzero
+        The entries to fill are nonzero: zeros are treated as missing.
+    t
+        Diffusion time; default: chosen on the inner hold-out.
     **kwargs
-        Passed to ``magic.MAGIC`` (e.g. ``knn``, ``t``).
+        Passed to ``magic.MAGIC`` (e.g. ``knn``).
 
     Returns
     -------
@@ -72,16 +81,25 @@ def magic(adata: AnnData, *, layer: str | None = None, seed: int = 0, target: st
         raise _install_hint("magic-impute", "magic")
     import magic as magic_pkg
 
-    start, fill = _start(adata, layer, target)
-    op = magic_pkg.MAGIC(random_state=seed, verbose=0, **kwargs)
-    smooth = np.asarray(op.fit_transform(start), dtype=np.float64)
-    out = start.copy()
-    out[fill] = np.clip(smooth[fill], 0.0, None)
-    return out
+    x_full, _, _ = log_normalize(get_layer(adata, layer))
+    x = lognormal_input(adata, layer, nonzero)
+
+    def run(values: np.ndarray, time: int) -> np.ndarray:
+        op = magic_pkg.MAGIC(t=time, random_state=seed, verbose=0, **kwargs)
+        return np.clip(np.asarray(op.fit_transform(_start(values)), dtype=np.float64), 0.0, None)
+
+    if t is None:
+        held = est.held_back_entries(~np.isnan(x), seed)
+        r, c = held.nonzero()
+        xin = est.hide(x, held)
+        errs = {time: float(np.mean((run(xin, time)[r, c] - x[r, c]) ** 2)) for time in MAGIC_TS}
+        t = min(errs, key=errs.get)
+    return _finish(x_full, x, run(x, int(t)), target, nonzero)
 
 
 def scvi_impute(
-    adata: AnnData, *, layer: str | None = None, seed: int = 0, target: str = "missing", max_epochs: int | None = None
+    adata: AnnData, *, layer: str | None = None, seed: int = 0, target: str = "missing", nonzero: bool = False,
+    max_epochs: int | None = None,
 ) -> np.ndarray:
     """Impute with scVI (Lopez et al. 2018) trained on the masked counts: its normalised expression fills in.
 
@@ -98,7 +116,9 @@ def scvi_impute(
     seed
         ``scvi.settings.seed`` for training.
     target
-        ``"missing"`` fills the NaN entries; ``"zeros"`` also fills the zeros.
+        ``"missing"`` fills the NaN entries; ``"zeros"`` also returns scVI's value at the zeros.
+    nonzero
+        The entries to fill are nonzero: zeros are treated as missing (started at their expectation).
     max_epochs
         Training epochs (default: scvi-tools' own, ``min(400, 20000 / n_obs)``-ish).
 
@@ -120,6 +140,8 @@ def scvi_impute(
     counts = get_layer(adata, layer)
     counts = np.asarray(counts.toarray() if sp.issparse(counts) else counts, dtype=np.float64)
     x, library, target_sum = log_normalize(counts)
+    if nonzero:
+        counts = np.where(counts == 0, np.nan, counts)
     miss = np.isnan(counts)
     share = np.nansum(counts, axis=0) / max(np.nansum(counts), 1.0)
     full = np.where(miss, np.rint(share[None, :] * library[:, None]), counts)
@@ -129,10 +151,7 @@ def scvi_impute(
     model = scvi.model.SCVI(work)
     model.train(max_epochs=max_epochs, enable_progress_bar=False)
     rate = model.get_normalized_expression(work, library_size=float(target_sum), return_numpy=True)
-    fill = miss | ((x == 0) if target == "zeros" else False)
-    out = np.nan_to_num(x.astype(np.float64), nan=0.0)
-    out[fill] = np.log1p(np.asarray(rate, dtype=np.float64)[fill])
-    return out
+    return _finish(x, x, np.log1p(np.asarray(rate, dtype=np.float64)), target, nonzero)
 
 
 def stagate(
@@ -141,6 +160,7 @@ def stagate(
     layer: str | None = None,
     seed: int = 0,
     target: str = "missing",
+    nonzero: bool = False,
     n_neighbors: int = 6,
     n_epochs: int = 1000,
 ) -> np.ndarray:
@@ -159,7 +179,9 @@ def stagate(
     seed
         ``random_seed`` of STAGATE.
     target
-        ``"missing"`` fills the NaN entries; ``"zeros"`` also fills the zeros.
+        ``"missing"`` fills the NaN entries; ``"zeros"`` also returns STAGATE's value at the zeros.
+    nonzero
+        The entries to fill are nonzero: zeros are treated as missing.
     n_neighbors
         Spatial neighbours of the net (STAGATE's ``k_cutoff``).
     n_epochs
@@ -181,16 +203,15 @@ def stagate(
         raise _install_hint("git+https://github.com/QIFEIDKN/STAGATE_pyG", "STAGATE_pyG")
     import STAGATE_pyG
 
-    start, fill = _start(adata, layer, target)
+    x_full, _, _ = log_normalize(get_layer(adata, layer))
+    start = _start(lognormal_input(adata, layer, nonzero))
     work = AnnData(start.astype(np.float32), obs=adata.obs[[]].copy())
     work.obsm["spatial"] = np.asarray(get_coordinates(adata, KEYS.SPATIAL), dtype=np.float64)
     STAGATE_pyG.Cal_Spatial_Net(work, k_cutoff=n_neighbors, model="KNN", verbose=False)
     STAGATE_pyG.train_STAGATE(work, n_epochs=n_epochs, random_seed=int(seed), save_reconstrction=True,
                               verbose=False)
-    rex = np.asarray(work.layers["STAGATE_ReX"], dtype=np.float64)
-    out = start.copy()
-    out[fill] = np.clip(rex[fill], 0.0, None)
-    return out
+    rex = np.clip(np.asarray(work.layers["STAGATE_ReX"], dtype=np.float64), 0.0, None)
+    return _finish(x_full, x_full, rex, target, nonzero)
 
 
 #: Other tools wrapped with the benchmark method signature, as ``name -> (method, importable module)``.

@@ -21,8 +21,9 @@ class HeldOut:
     Attributes
     ----------
     adata
-        A copy of the input with the counts (in the same layer, or ``X``) masked: held-out entries are NaN.
-        For ``protocol="thin"`` it holds the visible (thinned) counts instead and no entry is NaN.
+        What every method sees: the masked counts (in the same layer, or ``X``; held-out entries are NaN, or for
+        ``protocol="thin"`` the visible thinned counts, with no NaN), the coordinates (``obsm`` keys containing
+        "spatial") and the non-numeric ``obs`` columns. Nothing computed from the full counts is kept.
     mask
         Boolean CSR ``(n_obs, n_vars)``: the entries to score.
     truth
@@ -155,6 +156,26 @@ def _store_like(original, dense: np.ndarray):
         out = sp.csr_matrix(dense)  # NaN != 0, so held-out entries are stored explicitly
         return out.tocsc() if original.format == "csc" else out
     return dense
+
+
+def _visible_copy(adata: AnnData, counts, layer: str | None) -> AnnData:
+    """What the methods of a split see: the masked counts, the coordinates and the labels, nothing else.
+
+    Everything that may have been computed from the full counts is left out: other layers, numeric ``obs`` and
+    ``var`` columns (totals, QC metrics), ``obsm`` entries other than coordinates (embeddings), ``obsp`` and
+    ``uns``. Categorical, string and boolean ``obs`` columns (sections, annotations) are kept.
+    """
+    import pandas as pd
+
+    keep = [c for c in adata.obs.columns
+            if not pd.api.types.is_numeric_dtype(adata.obs[c]) or pd.api.types.is_bool_dtype(adata.obs[c])]
+    obsm = {k: np.array(v, copy=True) for k, v in adata.obsm.items() if "spatial" in k and np.ndim(v) == 2
+            and np.shape(v)[1] in (2, 3)}
+    out = AnnData(X=counts if layer is None else None, obs=adata.obs[keep].copy(), var=adata.var[[]].copy(),
+                  obsm=obsm)
+    if layer is not None:
+        out.layers[layer] = counts
+    return out
 
 
 def hold_out(
@@ -298,12 +319,7 @@ def hold_out(
     r, c_idx = mask.nonzero()
     truth = truth_dense[r, c_idx].astype(np.float32)
 
-    out = adata.copy()
-    stored = _store_like(X, masked)
-    if layer is None:
-        out.X = stored
-    else:
-        out.layers[layer] = stored
+    out = _visible_copy(adata, _store_like(X, masked), layer)
     return HeldOut(
         adata=out,
         mask=mask,
