@@ -34,7 +34,10 @@ def _public_objects() -> list[tuple[str, str, object]]:
             qualname = f"{modname}.{name}"
             if inspect.isclass(obj):
                 out.append((qualname, "class", obj))
-                for attr, value in vars(obj).items():
+                own = {}
+                for klass in reversed([k for k in obj.__mro__ if k.__module__.startswith("stmcdi")]):
+                    own.update(vars(klass))  # the class's own members and those of stmcdi mixins it uses
+                for attr, value in own.items():
                     if attr.startswith("_"):
                         continue
                     if isinstance(value, property):

@@ -38,20 +38,17 @@ def test_seeds_come_first_and_are_not_duplicated():
     assert set(dst.tolist()) <= {0, 1, 2, 3}
 
 
-def test_zero_hops_and_zeros_missing_and_mask():
+def test_zero_hops_hidden_entries_and_entries_to_fill():
     mask = sp.csr_matrix(([True], ([1], [1])), shape=(5, 2))
-    col = NeighborhoodCollate(counts(), TABLE, n_hops=0, missing=mask, zeros_missing=True)
+    col = NeighborhoodCollate(counts(), TABLE, n_hops=0, missing=mask)
     out = col({"spatial_nn": TABLE[[0, 1]]})
-    assert out["edge_index"].shape == (2, 0)
+    assert out["edge_index"].shape == (2, 0) and "target" not in out
     c = out["counts"].numpy()
-    assert c[0, 0] == 0.0 and np.isnan(c[1, 1]) and c[0, 1] == 1.0  # a zero to fill keeps its count
-    # the targets: missing entries, and the zero of spot 0
-    np.testing.assert_array_equal(out["target"].numpy(), [[True, False], [False, True]])
-    np.testing.assert_allclose(out["library"].numpy(), [1.0, 2.0])
-    assert "target" not in NeighborhoodCollate(counts(), TABLE, n_hops=0)({"spatial_nn": TABLE[[0]]})
+    assert np.isnan(c[1, 1]) and c[0, 1] == 1.0
+    np.testing.assert_allclose(out["library"].numpy(), [1.0, 2.0])  # hidden entries leave the library
 
 
-def test_entries_to_fill_are_targets_of_their_spot_only():
+def test_entries_to_fill_are_targets_of_their_spot_only_and_keep_their_values_there():
     c = counts()
     c[1, 0] = 0.0
     fill = np.zeros(c.shape, dtype=bool)
@@ -59,11 +56,15 @@ def test_entries_to_fill_are_targets_of_their_spot_only():
     col = NeighborhoodCollate(c, TABLE, n_hops=1, fill=sp.csr_matrix(fill))
     out = col({"spatial_nn": TABLE[[0]]})
     np.testing.assert_array_equal(out["target"].numpy(), [[False, True]])  # the spot's own entry
-    # both keep their counts: the spot's is hidden by the module, the neighbour shows its zero, as in training
     np.testing.assert_array_equal(out["counts"].numpy(), [[0.0, 1.0], [0.0, 3.0]])
-    np.testing.assert_allclose(out["library"].numpy(), [1.0, 3.0])
     with pytest.raises(ValueError, match="`fill` has shape"):
         NeighborhoodCollate(c, TABLE, n_hops=1, fill=fill[:2])
+    # held-back entries: hidden from every spot, but a batch spot predicting them keeps their values in its row
+    held = sp.csr_matrix(fill)
+    val = NeighborhoodCollate(c, TABLE, n_hops=1, missing=held, fill=held)
+    out = val({"spatial_nn": TABLE[[0]]})
+    assert out["counts"][0, 1] == 1.0 and np.isnan(out["counts"][1, 0].item())  # the neighbour's is hidden
+    np.testing.assert_allclose(out["library"].numpy(), [0.0, 3.0])  # libraries without the held-back entries
 
 
 def test_neighbourhood_size_does_not_grow_with_section(rng):
@@ -106,7 +107,7 @@ def test_gathered_encoder_equals_full_graph_encoder(n_hops, small_adata):
     torch.testing.assert_close(local, full[seeds], rtol=1e-4, atol=1e-5)
 
 
-def test_data_splitter_hides_extra_missing_entries(small_adata):
+def test_data_splitter_hides_held_back_entries_and_validates_on_them(small_adata):
     from stmcdi import STMCDI
     from stmcdi._data import NeighborhoodDataSplitter
 
@@ -115,16 +116,23 @@ def test_data_splitter_hides_extra_missing_entries(small_adata):
     model = STMCDI(a)
     x = a.X.toarray() if sp.issparse(a.X) else np.asarray(a.X)
     rows, cols = np.nonzero(~np.isnan(x))
-    extra = sp.csr_matrix((np.ones(5, dtype=bool), (rows[:5], cols[:5])), shape=a.shape)
-    splitter = NeighborhoodDataSplitter(model.adata_manager, train_size=1.0, n_hops=1, extra_missing=extra)
+    pick = np.arange(0, rows.size, 7)
+    held = sp.csr_matrix((np.ones(pick.size, dtype=bool), (rows[pick], cols[pick])), shape=a.shape)
+    splitter = NeighborhoodDataSplitter(model.adata_manager, n_hops=1, held_back=held, batch_size=32)
     splitter.setup()
-    batch = next(iter(splitter.train_dataloader()))
-    seeds = batch["row"].numpy()
-    counts = batch["counts"].numpy()[: seeds.size]
-    hidden = extra[seeds].toarray()
-    assert hidden.any() or seeds.size < a.n_obs  # the first batch holds some held-back entries
-    assert np.isnan(counts[hidden]).all()
-    assert np.isfinite(counts[~hidden & ~np.isnan(x[seeds])]).all()
+    assert splitter.train_idx.size == a.n_obs  # every spot trains
+    for batch in splitter.train_dataloader():
+        seeds = batch["row"].numpy()
+        counts = batch["counts"].numpy()[: seeds.size]
+        assert np.isnan(counts[held[seeds].toarray()]).all()
+    val = list(splitter.val_dataloader())
+    assert sorted(np.concatenate([b["row"].numpy() for b in val]).tolist()) == sorted(set(held.nonzero()[0]))
+    for batch in val:
+        seeds = batch["row"].numpy()
+        target = batch["target"].numpy()
+        np.testing.assert_array_equal(target, held[seeds].toarray())
+        np.testing.assert_array_equal(batch["counts"].numpy()[: seeds.size][target], x[seeds][target])
+    assert NeighborhoodDataSplitter(model.adata_manager, n_hops=1).val_dataloader() is None
 
 
 def two_groups(n=40, g=30, seed=0):
@@ -136,35 +144,17 @@ def two_groups(n=40, g=30, seed=0):
     return rng.poisson(rate).astype(np.float32)
 
 
-def test_expression_neighbours_are_alike_in_expression_and_never_the_spot_itself():
-    from stmcdi._data import expression_neighbor_table
-
-    c = two_groups()
-    table = expression_neighbor_table(c, n_neighbors=5)
-    assert table.shape == (40, 5) and table.dtype == np.int64
-    assert (table != np.arange(40)[:, None]).all()
-    assert ((table % 2) == (np.arange(40)[:, None] % 2)).all()  # the same group
-    # duplicate profiles: still never the spot itself
-    dup = np.repeat(c[:5], 4, axis=0)
-    t = expression_neighbor_table(dup, n_neighbors=3, n_pcs=2)
-    assert (t != np.arange(20)[:, None]).all()
-    with pytest.raises(ValueError, match="n_neighbors"):
-        expression_neighbor_table(c, n_neighbors=40)
-
-
-def test_expression_neighbours_are_chosen_on_observed_entries_only():
-    from stmcdi._data import expression_neighbor_table
-
+def test_expression_neighbours_are_chosen_on_what_the_batches_show():
     c = two_groups()
     hidden = np.zeros(c.shape, dtype=bool)
     hidden[::3, ::2] = True
-    a = expression_neighbor_table(c, sp.csr_matrix(hidden), n_neighbors=5)
+    table = np.column_stack([np.arange(40), (np.arange(40) + 1) % 40])
+    a = NeighborhoodCollate(c, table, n_hops=1, missing=sp.csr_matrix(hidden), n_expression_neighbors=5)
+    assert ((a.expression_table % 2) == (np.arange(40)[:, None] % 2)).all()  # the same group, never itself
     changed = c.copy()
     changed[hidden] = 500.0  # what is hidden cannot move the neighbours
-    np.testing.assert_array_equal(expression_neighbor_table(changed, sp.csr_matrix(hidden), n_neighbors=5), a)
-    nan = c.copy()
-    nan[hidden] = np.nan  # NaN is the same as a hidden entry
-    np.testing.assert_array_equal(expression_neighbor_table(nan, n_neighbors=5), a)
+    b = NeighborhoodCollate(changed, table, n_hops=1, missing=sp.csr_matrix(hidden), n_expression_neighbors=5)
+    np.testing.assert_array_equal(a.expression_table, b.expression_table)
 
 
 def test_collate_carries_the_expression_neighbours_counts():
@@ -180,41 +170,12 @@ def test_collate_carries_the_expression_neighbours_counts():
     np.testing.assert_allclose(out["expression_library"].numpy(), np.nansum(c[expr], axis=1))
     assert "expression_counts" not in NeighborhoodCollate(c, table, n_hops=1)({"spatial_nn": table[[0]]})
     assert NeighborhoodCollate(c[:4], table[:4] % 4, n_hops=1, n_expression_neighbors=10).n_expression_neighbors == 3
-    # zeros to fill stay observed for the expression neighbours: chosen and shown as without them
-    zero = NeighborhoodCollate(c, table, n_hops=1, n_expression_neighbors=4, zeros_missing=True)
-    out = zero({"spatial_nn": table[[0, 2]]})
-    np.testing.assert_array_equal(zero.expression_table, col.expression_table)
-    np.testing.assert_array_equal(np.nan_to_num(out["expression_counts"].numpy(), nan=-1.0),
-                                  np.nan_to_num(c[expr], nan=-1.0))
-    assert (out["expression_counts"] == 0).any()
-
-
-def test_expression_space_query_places_a_spot_from_its_visible_entries_only():
-    from stmcdi._data import ExpressionSpace
-
-    c = two_groups()
-    c[5, 3] = np.nan
-    space = ExpressionSpace(c)
-    rows = np.array([0, 5, 7])
-    # nothing hidden: the query is the table
-    np.testing.assert_array_equal(space.query(c[rows], rows, 5), space.table(5)[rows])
-    hidden = np.zeros((3, c.shape[1]), dtype=bool)
-    hidden[:, ::2] = True
-    a = space.query(c[rows], rows, 5, hidden=hidden)
-    assert a.shape == (3, 5) and a.dtype == np.int64 and (a != rows[:, None]).all()
-    changed = c[rows].copy()
-    changed[hidden] = 500.0  # a hidden entry has no say in the neighbours
-    np.testing.assert_array_equal(space.query(changed, rows, 5, hidden=hidden), a)
-    # and it does have one when visible
-    assert not np.array_equal(space.query(changed, rows, 5), a)
-    with pytest.raises(ValueError, match="n_neighbors"):
-        space.query(c[rows], rows, 40)
 
 
 def test_collate_with_a_target_sampler_hides_the_targets_from_the_neighbour_choice():
     import torch
 
-    from stmcdi._module import draw_targets
+    from stmcdi._targets import draw_targets
 
     c = two_groups()
     c[3, 0] = np.nan
@@ -227,34 +188,12 @@ def test_collate_with_a_target_sampler_hides_the_targets_from_the_neighbour_choi
     target = out["target"].numpy()
     assert target.shape == (3, 30) and target.any(axis=1).all()
     assert not target[1, 0]  # never a missing entry
-    expr = col.expression_space.query(c[seeds], seeds, 4, hidden=target).ravel()
+    expr = col._place(c[seeds], seeds, target).ravel()
     np.testing.assert_array_equal(np.nan_to_num(out["expression_counts"].numpy(), nan=-1.0),
                                   np.nan_to_num(c[expr], nan=-1.0))
-    # without expression neighbours, or when filling, the module draws the targets
-    assert "target" not in NeighborhoodCollate(c, table, n_hops=1, target_sampler=sampler)({"spatial_nn": table[[0]]})
-    zero = NeighborhoodCollate(c, table, n_hops=1, n_expression_neighbors=4, zeros_missing=True, target_sampler=sampler)
-    assert zero.target_sampler is None
-
-
-def test_collate_can_leave_the_targets_out_of_the_library():
-    import torch
-
-    from stmcdi._module import draw_targets
-
-    c = two_groups()
-    c[3, 0] = np.nan
-    table = np.column_stack([np.arange(40), (np.arange(40) + 1) % 40])
-    sampler = lambda observed, nonzero: draw_targets(observed, nonzero, mask_ratio=(0.5, 0.5))
-    seeds = np.array([0, 3, 8])
-    full = NeighborhoodCollate(c, table, n_hops=1)({"spatial_nn": table[seeds]})["library"].numpy()
-    col = NeighborhoodCollate(c, table, n_hops=1, target_sampler=sampler, library_without_targets=True)
-    torch.manual_seed(0)
-    out = col({"spatial_nn": table[seeds]})
-    target = out["target"].numpy()
-    lib = out["library"].numpy()
-    np.testing.assert_allclose(lib[:3], np.nansum(np.where(target, 0.0, c[seeds]), axis=1))
-    assert (lib[:3] < full[:3]).all()
-    np.testing.assert_array_equal(lib[3:], full[3:])  # the neighbour nodes keep their libraries
-    # neither option: the module draws the targets
-    off = NeighborhoodCollate(c, table, n_hops=1, target_sampler=sampler)
-    assert off.target_sampler is None and "target" not in off({"spatial_nn": table[seeds]})
+    changed = c[seeds].copy()
+    changed[target] = 500.0  # a target has no say in which spots the profile is read from
+    np.testing.assert_array_equal(col._place(changed, seeds, target).ravel(), expr)
+    # when filling, the batches carry the entries to fill instead of drawn targets
+    fill = sp.csr_matrix((np.ones(1, bool), ([0], [1])), shape=c.shape)
+    assert NeighborhoodCollate(c, table, n_hops=1, fill=fill, target_sampler=sampler).target_sampler is None

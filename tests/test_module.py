@@ -126,18 +126,6 @@ def test_sampling_keeps_observed_and_is_seeded():
         mod.sample(*args, sampler="euler")
 
 
-def test_zero_readout_init_starts_every_gene_at_its_mean():
-    mod = make_module(readout_init="zeros", expression_profile=True, spot_features=False,
-                      latent_readout=True).eval()
-    assert not mod.readout.weight.any() and not mod.expression_weight.any()
-    b = batch()
-    profile = {"expression_counts": b["counts"][2:6], "expression_library": b["library"][2:6]}
-    inf = mod.inference(b["counts"], b["library"], b["edge_index"], 2, **profile)
-    # neither the spatial code nor the profile moves the read-out yet: the bias, the same for every spot
-    torch.testing.assert_close(inf["readout"], mod.readout.bias.expand(2, -1))
-    assert make_module(expression_profile=True).expression_weight.eq(0.5).all()  # the default
-
-
 def test_without_latent_readout_the_readout_is_offset_plus_profile_and_z_still_conditions():
     assert make_module(mask_strategy="nonzero").readout is not None  # the default: only with nonzero targets
     assert make_module(latent_readout=True).readout is not None
@@ -159,26 +147,6 @@ def test_without_latent_readout_the_readout_is_offset_plus_profile_and_z_still_c
     torch.testing.assert_close(other["readout"], inf["readout"])
 
 
-def test_gene_groups_share_the_offset_and_the_profile_weight():
-    groups = np.repeat([0, 1, 2], 4)
-    mod = make_module(gene_groups=groups, expression_profile=True, latent_readout=True).eval()
-    assert mod.expression_weight.shape == (3,) and mod.spot_offset[-1].out_features == 3
-    torch.nn.init.zeros_(mod.readout.weight)
-    torch.nn.init.zeros_(mod.readout.bias)
-    with torch.no_grad():
-        mod.expression_weight.copy_(torch.tensor([0.0, 1.0, 2.0]))
-    b = batch()
-    profile = {"expression_counts": b["counts"][2:6], "expression_library": b["library"][2:6]}
-    inf = mod.inference(b["counts"], b["library"], b["edge_index"], 2, **profile)
-    offset = inf["readout"] - torch.tensor([0.0, 1.0, 2.0]).repeat_interleave(4) * inf["profile"]
-    for g in range(3):  # one offset per spot and group
-        block = offset[:, groups == g]
-        torch.testing.assert_close(block, block[:, :1].expand_as(block))
-    assert not torch.isclose(offset[0, 0], offset[0, 4])
-    with pytest.raises(ValueError, match="gene_groups"):
-        make_module(gene_groups=groups[:5])
-
-
 def test_encoder_none_has_no_spatial_path():
     mod = make_module(encoder="none")
     assert mod.encoder is None and mod.n_hops == 0
@@ -188,8 +156,7 @@ def test_encoder_none_has_no_spatial_path():
 
 
 @pytest.mark.parametrize(("kw", "match"), [({"mask_ratio": 1.0}, "mask_ratio"), ({"mask_strategy": "x"}, "mask_strategy"),
-                                           ({"representation_mask_ratio": 1.0}, "representation"),
-                                           ({"readout_init": "ones"}, "readout_init")])
+                                           ({"representation_mask_ratio": 1.0}, "representation")])
 def test_module_bad_arguments(kw, match):
     with pytest.raises(ValueError, match=match):
         make_module(**kw)
@@ -312,35 +279,35 @@ def test_expression_profile_is_the_neighbours_mean_and_is_required():
     assert make_module().denoiser.n_token_features == 4 and make_module().expression_weight is None
 
 
-def test_depth_weight_shifts_the_point_estimate_by_the_spots_centred_mean_at_imputation_only():
-    stats = (np.array([0.8, 0.0, 0.0]), np.ones(3))
-    plain = make_module(spot_feature_stats=stats, objective="hybrid").eval()
-    shifted = make_module(spot_feature_stats=stats, objective="hybrid", depth_weight=0.7).eval()
-    shifted.load_state_dict(plain.state_dict())
+def test_fill_encodes_once_and_gives_the_estimate_and_the_samples():
+    mod = make_module(objective="hybrid").eval()
     b = batch()
-    counts, lib, edges = b["counts"], b["library"], b["edge_index"]
-    # the depth term: mean log-normalised value of each batch spot's observed entries, minus the training mean
-    x = torch.log1p(torch.nan_to_num(counts[:2]) * 100.0 / lib[:2, None])
-    visible = ~torch.isnan(counts[:2])
-    depth = (x * visible).sum(1) / visible.sum(1) - 0.8
-    torch.testing.assert_close(shifted.spot_depth(plain.scale(counts, lib)[:2], visible), depth)
-    torch.testing.assert_close(shifted.depth_shift(counts, lib, n_seed=2), 0.7 * depth[:, None])
-    p0 = plain.predict(counts, lib, edges, n_seed=2)
-    p1 = shifted.predict(counts, lib, edges, n_seed=2)
-    target = torch.isnan(counts[:2])
-    torch.testing.assert_close(p1[target], (p0 + 0.7 * depth[:, None])[target].clamp_min(0.0))
-    torch.testing.assert_close(p1[~target], p0[~target])  # observed entries keep their value
-    assert (depth > 0).all() and (p1[target] > p0[target]).all()
-    # the samples do not move
-    gen = lambda: torch.Generator().manual_seed(4)
-    s0 = plain.sample(counts, lib, edges, n_seed=2, n_samples=3, n_steps=2, generator=gen())
-    s1 = shifted.sample(counts, lib, edges, n_seed=2, n_samples=3, n_steps=2, generator=gen())
-    torch.testing.assert_close(s1, s0)
-    # training is unchanged: the same loss from the same batch and seed
+    args = (b["counts"], b["library"], b["edge_index"], 2)
+    est, draws = mod.fill(*args, n_samples=4, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(est, mod.predict(*args))
+    torch.testing.assert_close(draws, mod.sample(*args, n_samples=4, generator=torch.Generator().manual_seed(1)))
+    assert mod.fill(*args, n_samples=0)[1] is None
+    diffusion = make_module(objective="diffusion").eval()
+    est, draws = diffusion.fill(*args, n_samples=3, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(est, draws.mean(0))
+    with pytest.raises(ValueError, match="n_samples"):
+        diffusion.fill(*args, n_samples=0)
+    with pytest.raises(ValueError, match="one-pass"):
+        diffusion.predict(*args)
+
+
+def test_held_back_targets_stay_out_of_the_spot_summaries():
     torch.manual_seed(0)
-    l0 = plain.train()(b)[2].loss
-    torch.manual_seed(0)
-    l1 = shifted.train()(b)[2].loss
-    torch.testing.assert_close(l0, l1)
-    with pytest.raises(ValueError, match="depth_weight"):
-        make_module(depth_weight=-0.1)
+    mod = STMCDIModule(12, np.full(12, 5.0), np.ones(12), 100.0, n_channels=8, n_encoder_hidden=8, n_latent=4,
+                       genes_per_token=3, dropout=0.0).eval()  # gene means of 5: estimates are not clamped at 0
+    b = batch()
+    target = torch.zeros(2, 12, dtype=torch.bool)
+    target[0, 4:8] = True
+    args = (b["counts"], b["library"], b["edge_index"], 2)
+    changed = b["counts"].clone()
+    changed[0, 4:8] = 50.0  # other values at the held-back entries
+    blind = [mod.fill(c, *args[1:], target=target, summarise_targets=False)[0] for c in (b["counts"], changed)]
+    torch.testing.assert_close(blind[0][target], blind[1][target])  # their values reach nothing
+    seen = [mod.fill(c, *args[1:], target=target)[0] for c in (b["counts"], changed)]
+    assert not torch.allclose(seen[0][target], seen[1][target])  # observed zeros to fill are summarised
+

@@ -36,7 +36,7 @@ def test_adamw_defaults_and_bad_schedule(module):
         DiffusionTrainingPlan(module, lr_schedule="step")
 
 
-def test_plateau_schedule_monitors_the_logged_validation_loss(module):
+def test_plateau_schedule_monitors_the_logged_held_back_error(module):
     # scvi-tools' default monitor "elbo_validation" is never logged by this plan: training would fail
     config = DiffusionTrainingPlan(module, reduce_lr_on_plateau=True).configure_optimizers()
-    assert config["lr_scheduler"]["monitor"] == "validation_loss"
+    assert config["lr_scheduler"]["monitor"] == "validation_mse"

@@ -63,12 +63,27 @@ def test_empty_spot_warns_and_mask_layer():
     assert model.adata_manager.get_from_registry("missing").shape == (30, 6)
 
 
-def test_untrained_model_warns_and_bad_samples():
+def test_untrained_model_bad_samples_and_no_genes():
     adata = base()
     STMCDI.setup_anndata(adata)
     model = STMCDI(adata, n_channels=8, genes_per_token=2)
     with pytest.raises(ValueError, match="n_samples"):
-        model.impute(n_samples=0)
+        model.impute(n_samples=-1)
+    with pytest.raises(ValueError, match="no fitted read-out"):
+        model.impute(target="zeros")
+    with pytest.raises(ValueError, match="at least 2 spots and 1 gene"):
+        STMCDI.setup_anndata(base()[:, :0].copy())
+
+
+def test_check_number_names_the_bounds_and_the_fix():
+    from stmcdi._validation import check_number
+
+    assert check_number(3, "k", integer=True, low=1) == 3
+    for bad in (0, 2.5, True, float("nan"), "3"):
+        with pytest.raises(ValueError, match="k must be an integer >= 1"):
+            check_number(bad, "k", integer=True, low=1)
+    with pytest.raises(ValueError, match=r"in \(0, 1\], got 0.0. a hint"):
+        check_number(0.0, "r", low=0, high=1, low_open=True, hint="a hint")
 
 
 def test_copy_of_registered_data_with_stale_table_raises_before_imputing():
@@ -80,7 +95,7 @@ def test_copy_of_registered_data_with_stale_table_raises_before_imputing():
     model = STMCDI(adata, n_channels=8, n_latent=4)
     sub = adata[:12].copy()
     with pytest.raises(ValueError, match="stale"):
-        model.impute(sub, n_samples=1)
+        model.impute(sub, target="zeros", readout="network", n_samples=1)
     stmcdi.pp.spatial_graph(sub)  # the fix the message names
-    out = model.impute(sub, n_samples=1, inplace=False)
+    out = model.impute(sub, target="zeros", readout="network", n_samples=1, inplace=False)
     assert out["mean"].shape == sub.shape

@@ -3,7 +3,24 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from importlib.metadata import PackageNotFoundError, version
+
+
+def _calm_numba_threads() -> None:
+    # scanpy's seurat_v3 gene selection runs numba in parallel on its OpenMP layer; those threads keep spinning
+    # beside torch's own OpenMP pool and slowed training 1.2x alone and 8x beside another job on a 2-core machine.
+    # numba's own work queue does not spin. A choice the user made (NUMBA_THREADING_LAYER) is kept.
+    if "NUMBA_THREADING_LAYER" in os.environ:
+        return
+    os.environ["NUMBA_THREADING_LAYER"] = "workqueue"
+    numba = sys.modules.get("numba")
+    if numba is not None:  # imported already (by scanpy): takes effect unless its threads were launched
+        numba.config.THREADING_LAYER = "workqueue"
+
+
+_calm_numba_threads()
 
 # scvi-tools 1.4.2 uses ``rich.pretty`` in ``view_anndata_setup`` without importing it (fixed in 1.4.3).
 import rich.pretty  # noqa: F401
@@ -17,8 +34,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["STMCDI", "STMCDIModule", "DiffusionTrainingPlan", "zero_conditioned", "within_gene_slope",
-           "shrink_within_genes", "smooth_fills", "expression_neighbors", "benchmark", "datasets", "pl", "pp"]
+__all__ = ["STMCDI", "STMCDIModule", "DiffusionTrainingPlan", "benchmark", "datasets", "pl", "pp"]
 
 
 def __getattr__(name: str):
@@ -36,8 +52,4 @@ def __getattr__(name: str):
         from ._training_plan import DiffusionTrainingPlan
 
         return DiffusionTrainingPlan
-    if name in ("zero_conditioned", "within_gene_slope", "shrink_within_genes", "smooth_fills", "expression_neighbors"):
-        from . import _model
-
-        return getattr(_model, name)
     raise AttributeError(f"module 'stmcdi' has no attribute {name!r}")

@@ -39,11 +39,15 @@ class DiffusionTrainingPlan(TrainingPlan):
         Linear warm-up steps.
     lr_min_ratio
         Final learning rate of the cosine schedule, as a fraction of ``lr``.
+    seed
+        With a seed, torch's random generator is reseeded from ``(seed, epoch)`` at the start of every epoch and
+        from ``(seed, step)`` before every step, so that the draws of a step (shuffling, targets, diffusion steps,
+        noise, dropout) depend on the seed and the step alone: a run resumed from a checkpoint continues exactly
+        as an uninterrupted one. :meth:`~stmcdi.STMCDI.train` passes ``scvi.settings.seed``.
     **kwargs
         Passed to :class:`~scvi.train.TrainingPlan` (e.g. ``reduce_lr_on_plateau``, ``compile``). With
         ``reduce_lr_on_plateau=True`` the plateau scheduler replaces the warm-up / cosine schedule and
-        monitors ``lr_scheduler_metric``, by default ``"validation_loss"`` (it needs a validation set, e.g.
-        ``train_size=0.9``).
+        monitors ``lr_scheduler_metric``, by default ``"validation_mse"``, the error at the held-back entries.
 
     Examples
     --------
@@ -67,16 +71,53 @@ class DiffusionTrainingPlan(TrainingPlan):
         lr_schedule: Literal["cosine", "constant"] = "cosine",
         n_warmup_steps: int = 50,
         lr_min_ratio: float = 0.05,
+        seed: int | None = None,
         **kwargs,
     ):
         if lr_schedule not in ("cosine", "constant"):
             raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {lr_schedule!r}.")
         # scvi's default monitor, "elbo_validation", is a VAE metric this plan never logs
-        kwargs.setdefault("lr_scheduler_metric", "validation_loss")
+        kwargs.setdefault("lr_scheduler_metric", "validation_mse")
         super().__init__(module, optimizer=optimizer, lr=lr, weight_decay=weight_decay, eps=eps, **kwargs)
         self.lr_schedule = lr_schedule
         self.n_warmup_steps = int(n_warmup_steps)
         self.lr_min_ratio = float(lr_min_ratio)
+        self.seed = None if seed is None else int(seed)
+
+    def _reseed(self, stream: int, index: int) -> None:
+        if self.seed is not None:
+            torch.manual_seed((self.seed * 1_000_003 + stream * 7_919 + int(index)) % (2**63 - 1))
+
+    def on_train_epoch_start(self) -> None:
+        """Reseed torch from ``(seed, epoch)`` before the epoch's data order is drawn (see ``seed``).
+
+        Returns
+        -------
+        ``None``. Lightning calls it.
+
+        Examples
+        --------
+        >>> plan.on_train_epoch_start()  # in a Trainer  # doctest: +SKIP
+        """
+        self._reseed(1, self.current_epoch)
+
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        """Reseed torch from ``(seed, step)`` before the step's draws (see ``seed``).
+
+        Parameters
+        ----------
+        batch, batch_idx
+            The batch and its index (unused).
+
+        Returns
+        -------
+        ``None``. Lightning calls it.
+
+        Examples
+        --------
+        >>> plan.on_train_batch_start(batch, 0)  # in a Trainer  # doctest: +SKIP
+        """
+        self._reseed(2, self.global_step)
 
     @torch.inference_mode()
     def compute_and_log_metrics(self, loss_output: LossOutput, metrics, mode: str) -> None:
@@ -168,55 +209,51 @@ class DiffusionTrainingPlan(TrainingPlan):
         return loss.loss
 
     def validation_step(self, batch, batch_idx):
-        """Validation loss with targets, steps and noise fixed per batch index.
+        """Squared error of the one-pass estimate at the held-back entries (logged as ``validation_mse``).
 
-        The targets, diffusion steps and noise are drawn from a generator seeded with ``batch_idx`` (on the
-        batch's device), so every validation epoch scores the same draws. Logs ``validation_loss`` per epoch
-        and the module's extra metrics with the suffix ``_validation``. Lightning calls it.
+        The batch's ``target`` entries are entries held back from training
+        (:class:`~stmcdi._data.NeighborhoodDataSplitter`); the error is on the log-normalised scale, averaged
+        over the epoch's entries. A module trained with ``objective="diffusion"`` has no one-pass estimate; it
+        logs the noise-prediction loss with targets, steps and noise drawn from a generator seeded by the batch
+        index instead (``validation_loss``). Lightning calls it.
 
         Parameters
         ----------
         batch
-            A neighbourhood batch: dict of tensors ``"counts"`` ``(U, G)``, ``"library"`` ``(U,)``,
-            ``"edge_index"`` ``(2, E)`` and ``"row"`` ``(B,)``.
+            A neighbourhood batch with the key ``"target"``.
         batch_idx
-            Index of the batch in the validation epoch; seeds the generator.
+            Index of the batch in the validation epoch.
 
         Returns
         -------
-        ``None``; the loss is logged.
+        ``None``; the metric is logged.
 
         Examples
         --------
-        >>> import numpy as np, torch
-        >>> from stmcdi import STMCDIModule
-        >>> module = STMCDIModule(6, np.zeros(6), np.ones(6), 100.0, n_encoder_hidden=8, n_latent=4, n_channels=8)
-        >>> plan = DiffusionTrainingPlan(module)
-        >>> counts = torch.tensor([[3.0, 1.0, 0.0, 5.0, 1.0, 2.0], [0.0, 4.0, 2.0, 1.0, 3.0, 0.0]])
-        >>> batch = {"counts": counts, "library": counts.sum(1), "edge_index": torch.tensor([[1], [0]]),
-        ...          "row": torch.tensor([0])}
-        >>> def seeded_loss(seed):  # the draws of a validation step
-        ...     gen = torch.Generator().manual_seed(seed)
-        ...     kw = {"inference_kwargs": {"generator": gen}, "generative_kwargs": {"generator": gen}}
-        ...     return plan.forward(batch, **kw)[2].loss
-        >>> _ = plan.eval()
-        >>> bool(seeded_loss(1_000_003) == seeded_loss(1_000_003))
-        True
         >>> plan.validation_step(batch, batch_idx=0)  # in a Trainer  # doctest: +SKIP
         """
-        device = batch[next(iter(batch))].device
-        gen = torch.Generator(device=device).manual_seed(1_000_003 + int(batch_idx))
-        _, _, loss = self.forward(
-            batch,
-            loss_kwargs=self.loss_kwargs,
-            inference_kwargs={"generator": gen},
-            generative_kwargs={"generator": gen},
-        )
-        self.log(
-            "validation_loss", loss.loss, on_step=False, on_epoch=True, sync_dist=self.use_sync_dist,
-            batch_size=loss.n_obs_minibatch,
-        )
-        self.compute_and_log_metrics(loss, self.val_metrics, "validation")
+        module = self.module
+        if module.objective == "diffusion" or "target" not in batch:
+            device = batch[next(iter(batch))].device
+            gen = torch.Generator(device=device).manual_seed(1_000_003 + int(batch_idx))
+            _, _, loss = self.forward(batch, loss_kwargs=self.loss_kwargs, inference_kwargs={"generator": gen},
+                                      generative_kwargs={"generator": gen})
+            self.log("validation_loss", loss.loss, on_step=False, on_epoch=True, sync_dist=self.use_sync_dist,
+                     batch_size=loss.n_obs_minibatch)
+            return
+        n = batch["row"].shape[0]
+        counts, library, target = batch["counts"], batch["library"], batch["target"]
+        est, _ = module.fill(counts, library, batch["edge_index"], n, target=target,
+                             expression_counts=batch.get("expression_counts"),
+                             expression_library=batch.get("expression_library"), summarise_targets=False)
+        truth = module.unscale(torch.nan_to_num(module.scale(counts[:n], library[:n]), nan=0.0))
+        n_target = int((target & ~torch.isnan(counts[:n])).sum())
+        if n_target == 0:
+            return
+        sel = target & ~torch.isnan(counts[:n])
+        mse = ((est - truth) ** 2)[sel].mean()
+        self.log("validation_mse", mse, on_step=False, on_epoch=True, sync_dist=self.use_sync_dist,
+                 batch_size=n_target)
 
     def _lr_factor(self, step: int) -> float:
         if step < self.n_warmup_steps:

@@ -91,3 +91,53 @@ def check_counts(X, missing: sp.csr_matrix, what: str) -> None:
             "stMCDI normalises raw counts itself. Register the raw count layer, not log-normalised data "
             "(keep a copy with `adata.layers['counts'] = adata.X.copy()` before normalising)."
         )
+
+
+def check_number(value, name: str, *, integer: bool = False, low: float | None = None, high: float | None = None,
+                 low_open: bool = False, high_open: bool = False, hint: str = "") -> float | int:
+    """Check a numeric argument and return it as ``int`` or ``float``; the error names the bounds and a hint.
+
+    Parameters
+    ----------
+    value
+        The argument.
+    name
+        Its name, for the message.
+    integer
+        Require an integer (``bool`` is refused).
+    low, high
+        Optional bounds, inclusive unless ``low_open`` / ``high_open``.
+    low_open, high_open
+        Exclude the bound.
+    hint
+        Appended to the message (e.g. what ``0`` means).
+
+    Returns
+    -------
+    The value as ``int`` (``integer=True``) or ``float``.
+
+    Examples
+    --------
+    >>> check_number(3, "n_samples", integer=True, low=0)
+    3
+    >>> check_number(1.5, "ratio", low=0, high=1, low_open=True)
+    Traceback (most recent call last):
+    ...
+    ValueError: ratio must be a number in (0, 1], got 1.5.
+    """
+    kinds = (int, np.integer) if integer else (int, float, np.integer, np.floating)
+    ok = isinstance(value, kinds) and not isinstance(value, bool) and np.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        lo = "-inf" if low is None else f"{low:g}"
+        hi = "inf" if high is None else f"{high:g}"
+        if high is None and low is not None:
+            what = f"{'an integer' if integer else 'a number'} {'>' if low_open else '>='} {lo}"
+        else:
+            what = (f"{'an integer' if integer else 'a number'} in "
+                    f"{'(' if low_open or low is None else '['}{lo}, {hi}{')' if high_open or high is None else ']'}")
+        raise ValueError(f"{name} must be {what}, got {value!r}." + (f" {hint}" if hint else ""))
+    return int(value) if integer else float(value)

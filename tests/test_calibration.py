@@ -1,0 +1,67 @@
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from stmcdi._calibration import BestWeights, _choose_spread_scale, lognormal_at, spatial_neighbours
+
+
+def test_choose_spread_scale_is_the_smallest_covering_scale_around_the_given_centre():
+    rng = np.random.default_rng(0)
+    truth = 5.0 + 2.0 * rng.standard_normal(4000)
+    draws = 3.0 + rng.standard_normal((50, 4000))  # the draws' own mean is off; only their spread is used
+    scale, coverage, unscaled = _choose_spread_scale(truth, np.full(4000, 5.0), draws)
+    assert 1.8 <= scale <= 2.2 and coverage >= 0.9 and unscaled < 0.7
+    smaller = _choose_spread_scale(truth, np.full(4000, 5.0), draws, grid=np.array([scale - 0.05]))
+    assert smaller[1] < 0.9  # the next smaller scale does not cover
+
+
+def test_lognormal_at_scales_by_the_library_the_network_saw():
+    counts = np.array([[1.0, 3.0, np.nan], [2.0, 2.0, 4.0]])
+    hidden = sp.csr_matrix(np.array([[False, True, False], [False, False, False]]))
+    x = lognormal_at(counts, hidden, target_sum=2.0)
+    np.testing.assert_allclose(x[0, :2], np.log1p(np.array([1.0, 3.0]) * 2.0 / 1.0), rtol=1e-6)  # library 1
+    np.testing.assert_allclose(x[1], np.log1p(np.array([2.0, 2.0, 4.0]) * 2.0 / 8.0), rtol=1e-6)
+    assert np.isnan(x[0, 2])
+
+
+def test_best_weights_keep_the_best_check():
+    import torch
+
+    class Module(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(2))
+
+    class Plan:
+        module = Module()
+
+    class Trainer:
+        sanity_checking = False
+        callbacks = []
+        global_step = 0
+        callback_metrics = {}
+
+    cb, plan, trainer = BestWeights(), Plan(), Trainer()
+    for step, (value, w) in enumerate([(1.0, 1.0), (0.5, 2.0), (0.7, 3.0)]):
+        trainer.global_step, trainer.callback_metrics = step, {"validation_mse": torch.tensor(value)}
+        with torch.no_grad():
+            plan.module.w.fill_(w)
+        cb.on_validation_end(trainer, plan)
+    assert cb.best_score == pytest.approx(0.5) and cb.best_step == 1
+    torch.testing.assert_close(cb.state["w"], torch.full((2,), 2.0))
+
+
+def test_spatial_neighbours_keep_sections_apart():
+    import anndata as ad
+
+    import stmcdi
+
+    adata = stmcdi.datasets.synthetic(n_spots=60, n_genes=5, seed=0)
+    adata.obs["section"] = pd.Categorical(np.repeat(["a", "b"], 30))
+    adata.obsm["spatial"][30:] = adata.obsm["spatial"][:30]  # two sections at the same place
+    stmcdi.pp.spatial_graph(adata, library_key="section")
+    table = spatial_neighbours(adata, "spatial", n_neighs=18)
+    assert table.shape == (60, 18)
+    assert (table[:30] < 30).all() and (table[30:] >= 30).all()
+    assert isinstance(adata, ad.AnnData) and "spatial_nn" in adata.obsm
