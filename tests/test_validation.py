@@ -99,3 +99,30 @@ def test_copy_of_registered_data_with_stale_table_raises_before_imputing():
     stmcdi.pp.spatial_graph(sub)  # the fix the message names
     out = model.impute(sub, target="zeros", readout="network", n_samples=1, inplace=False)
     assert out["mean"].shape == sub.shape
+
+
+def test_found_by_the_property_tests():
+    import pandas as pd
+    import scvi
+
+    # all-zero held-back entries leave every stack weight at 0: the gene mean fills, no KeyError
+    X = np.zeros((8, 1), dtype=np.float32)
+    X[7, 0] = 3.0
+    adata = ad.AnnData(X, obsm={"spatial": np.arange(16.0).reshape(8, 2)})
+    scvi.settings.seed = 0
+    STMCDI.setup_anndata(adata)
+    model = STMCDI(adata, n_channels=8, n_latent=8, n_encoder_hidden=16, n_diffusion_steps=10)
+    model.train(max_epochs=1, batch_size=16, enable_progress_bar=False, enable_model_summary=False)
+    out = model.impute(target="zeros", n_samples=2, inplace=False)
+    assert np.isfinite(out["mean"]).all()
+    # an unused category of the section column is not a section
+    rng = np.random.default_rng(0)
+    obs = pd.DataFrame({"section": pd.Categorical(["a"] * 6 + ["b"] * 6, categories=["a", "b", "c"])},
+                       index=[str(i) for i in range(12)])
+    two = ad.AnnData(rng.poisson(3, (12, 4)).astype(np.float32), obs=obs, obsm={"spatial": rng.random((12, 2))})
+    stmcdi.pp.spatial_graph(two, n_neighs=2, library_key="section")
+    table = two.obsm["spatial_nn"]
+    assert (table[:6, 1:] < 6).all() and (table[6:, 1:] >= 6).all()
+    # five spots or fewer: the message names the call that fixes it
+    with pytest.raises(ValueError, match=r"stmcdi.pp.spatial_graph\(adata, n_neighs=3\)"):
+        STMCDI.setup_anndata(base()[:4].copy())

@@ -151,7 +151,8 @@ class NeighborhoodCollate:
     def _counts(self, nodes: np.ndarray) -> np.ndarray:
         counts = self.counts[nodes].toarray()
         if self.hidden.nnz:
-            counts[self.hidden[nodes].toarray()] = np.nan
+            r, c = self.hidden[nodes].nonzero()  # sparse: far faster than a dense boolean mask
+            counts[r, c] = np.nan
         return counts
 
     def _place(self, own: np.ndarray, rows: np.ndarray, hidden: np.ndarray) -> np.ndarray:

@@ -32,6 +32,8 @@ SOFT_IMPUTE_RANKS = (2, 5, 10, 20, 40)
 SOFT_IMPUTE_FRACTIONS = (0.5, 0.35, 0.25, 0.18, 0.12, 0.08, 0.05, 0.03)
 #: tissue neighbourhoods averaged by the spatial components: the nearest ring and about two rings of spots
 SPATIAL_KS = (6, 18)
+#: most spots soft-impute is tuned on (the held-back spots and others at random); the final fit uses every spot
+TUNE_SPOTS = 4096
 #: second word of the seed of the held-back draw, so that it does not share a stream with a hold-out split
 _HELD_BACK_STREAM = 0x5CA1E
 
@@ -341,10 +343,11 @@ class ExpressionNeighbours:
         rows = np.asarray(rows, dtype=np.int64)
         out = np.empty((rows.size, n_neighbors), dtype=np.int64)
         k = n_neighbors + 1
-        for start in range(0, rows.size, BLOCK):
-            q = coords[start:start + BLOCK]
+        step = int(max(1, min(BLOCK, 2**24 // self.n_obs)))  # at most 64 MB of distances at once
+        for start in range(0, rows.size, step):
+            q = coords[start:start + step]
             d = (q * q).sum(1)[:, None] - 2.0 * q @ self.coords.T + self._sq[None, :]
-            d[np.arange(len(q)), rows[start:start + BLOCK]] = np.inf  # never its own neighbour
+            d[np.arange(len(q)), rows[start:start + step]] = np.inf  # never its own neighbour
             part = np.argpartition(d, k - 1, axis=1)[:, :k]
             order = np.take_along_axis(d, part, axis=1).argsort(axis=1, kind="stable")
             out[start:start + len(q)] = np.take_along_axis(part, order, axis=1)[:, :n_neighbors]
@@ -361,18 +364,33 @@ def tune_soft_impute(xin: np.ndarray, x: np.ndarray, held: sp.spmatrix, seed: in
     """Rank cap and threshold of :class:`LowRank` with the least squared error at ``held``.
 
     For each rank cap, thresholds go from the largest to the smallest with warm starts (a regularisation path).
-    ``xin`` is ``x`` with ``held`` hidden.
+    ``xin`` is ``x`` with ``held`` hidden. On sections of more than ``TUNE_SPOTS`` spots the path is fitted on
+    the spots holding held-back entries and others drawn at random, up to ``TUNE_SPOTS``.
     """
+    if x.shape[0] > TUNE_SPOTS:
+        held = sp.csr_matrix(held)
+        have = np.unique(held.nonzero()[0])
+        rest = np.setdiff1d(np.arange(x.shape[0]), have)
+        extra = np.random.default_rng(seed).choice(rest, size=max(0, min(rest.size, TUNE_SPOTS - have.size)),
+                                                    replace=False)
+        spots = np.sort(np.concatenate([have, extra]))
+        return tune_soft_impute(xin[spots], x[spots], held[spots], seed)
     best = (np.inf, SOFT_IMPUTE_RANKS[0], SOFT_IMPUTE_FRACTIONS[0])
     for rank in SOFT_IMPUTE_RANKS:
         if rank >= min(x.shape):
             break
-        fit = None
+        fit, path_best, worse = None, np.inf, 0
         for frac in SOFT_IMPUTE_FRACTIONS:
             fit = LowRank(xin, rank, frac, seed=seed, start=fit)
             err = mse_at(fit, x, held)
             if err < best[0]:
                 best = (err, rank, frac)
+            worse = worse + 1 if err >= path_best else 0
+            path_best = min(path_best, err)
+            if worse == 2:  # past the minimum of the path: smaller thresholds only fit noise
+                break
+        if best[1] != rank and rank > best[1]:  # a larger rank cap did not help: nor will larger ones
+            break
     return best[1], best[2]
 
 

@@ -81,7 +81,9 @@ def run_imputation(model, adata: AnnData, *, target, readout, n_samples, sampler
     _check_memory(adata.n_obs, cols.size, 2 + (n_samples if return_samples else 0))
 
     estimates = None
-    if stack is not None and any(w > 0 and n != "network" for n, w in zip(stack.names, stack.weights)):
+    # the classical estimates are needed where they carry weight, and for the gene mean when nothing does
+    if stack is not None and (any(w > 0 and n != "network" for n, w in zip(stack.names, stack.weights))
+                              or not np.any(stack.weights > 0)):
         spatial = spatial_neighbours(adata, model.registry_["setup_args"]["spatial_key"])
         # the classical estimates are seeded as when the read-out was fitted: the sampling seed moves only samples
         estimates = classical_estimates(x, spatial, stack.params, int(model.readout_.get("seed", 0)))

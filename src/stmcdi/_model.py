@@ -124,7 +124,7 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
             genes_per_token = math.ceil(n_vars / MAX_TOKENS)
         counts, mask = registered_counts(self.adata_manager)
         x, _, target_sum = log_normalize(counts, missing_mask(counts, mask))
-        mean, std = np.nanmean(x, axis=0), np.nanstd(x, axis=0)
+        mean, std = np.nanmean(x, axis=0, dtype=np.float64), np.nanstd(x, axis=0, dtype=np.float64)
         kwargs = dict(module_kwargs)
         kwargs["expression_profile"] = self.n_expression_neighbors > 0
         if kwargs.get("spot_features", True) and kwargs.get("spot_feature_stats") is None:
@@ -206,6 +206,12 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
         _check_observed(adata, miss, what)
         get_coordinates(adata, spatial_key)
         if neighbors_key not in adata.obsm:
+            if adata.n_obs <= 5:
+                raise ValueError(
+                    f"{adata.n_obs} spots cannot each have 5 neighbours. Build a smaller graph first with "
+                    f"`stmcdi.pp.spatial_graph(adata, n_neighs={max(1, adata.n_obs - 1)})`, then call setup_anndata "
+                    "again (or add spots)."
+                )
             logger.info("adata.obsm[%r] not found: building the 5-nearest-neighbour graph.", neighbors_key)
             spatial_graph(adata, n_neighs=5, spatial_key=spatial_key, table_key=neighbors_key)
         check_neighbor_table(adata, neighbors_key)
@@ -496,12 +502,14 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
 
 def _spot_feature_stats(counts, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean and sd over spots of the summaries of :meth:`STMCDIModule.spot_summary`, all observed entries visible."""
-    c = np.asarray(counts.toarray() if sp.issparse(counts) else counts, dtype=np.float64)
     obs = ~np.isnan(x)
     n = np.maximum(obs.sum(axis=1), 1)
-    c = np.where(obs, np.nan_to_num(c, nan=0.0), 0.0)
-    feats = np.column_stack([np.where(obs, x, 0.0).sum(axis=1) / n, (c > 0).sum(axis=1) / n,
-                             np.log1p(c.sum(axis=1) / n)])
+    c = sp.csr_matrix(counts, dtype=np.float64, copy=True)
+    c.data = np.nan_to_num(c.data, nan=0.0)
+    c = c.multiply(sp.csr_matrix(obs))  # observed entries only
+    total = np.asarray(c.sum(axis=1)).ravel()
+    detected = np.asarray((c > 0).sum(axis=1)).ravel()
+    feats = np.column_stack([np.nansum(x, axis=1, dtype=np.float64) / n, detected / n, np.log1p(total / n)])
     return feats.mean(axis=0).astype(np.float32), feats.std(axis=0).astype(np.float32)
 
 

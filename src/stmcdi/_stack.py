@@ -218,7 +218,7 @@ def combine(stack: Stack, estimates: Mapping[str, Estimate], rows: np.ndarray,
         block = extra[name] if extra is not None and name in extra else estimates[name].block(rows)
         term = np.float32(w) * np.asarray(block, dtype=np.float32)
         out = term if out is None else out + term
-    if out is None:
+    if out is None:  # no estimate predicted the held-back entries (e.g. all of them zero): the gene mean
         out = estimates["gene_mean"].block(rows)
     return np.maximum(out, 0.0)
 

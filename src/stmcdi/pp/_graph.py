@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
@@ -86,16 +87,21 @@ def spatial_graph(
     if not copy:
         check_not_view(adata, "stmcdi.pp.spatial_graph")
 
-    # With copy=True, build the graph on a bare AnnData so that the user's object is not touched.
-    target = adata
-    if copy:
-        target = AnnData(obs=adata.obs[[library_key]] if library_key else adata.obs[[]], obsm={spatial_key: coords})
+    # The graph is built on a bare AnnData: the user's object gets only the documented keys, and sections are the
+    # ones present (squidpy would search an unused category of library_key and fail on its empty section).
+    obs = adata.obs[[]].copy()
+    if library_key:
+        obs[library_key] = pd.Categorical(adata.obs[library_key].astype(str))
+    target = AnnData(obs=obs, obsm={spatial_key: coords})
     sq.gr.spatial_neighbors_knn(
         target, spatial_key=spatial_key, library_key=library_key, n_neighs=n_neighs, key_added=key_added
     )
     table = neighbor_table(target.obsp[f"{key_added}_connectivities"], coords, n_neighs)
     if copy:
         return table
+    for key in (f"{key_added}_connectivities", f"{key_added}_distances"):
+        adata.obsp[key] = target.obsp[key]
+    adata.uns[f"{key_added}_neighbors"] = target.uns[f"{key_added}_neighbors"]
     adata.obsm[table_key] = table
     adata.uns.setdefault(KEYS.UNS, {})["spatial_graph"] = {
         "n_neighs": int(n_neighs),

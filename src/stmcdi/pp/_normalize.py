@@ -82,10 +82,12 @@ def log_normalize(
     library = library_size(counts, miss)
     if target_sum is None:
         target_sum = default_target_sum(library)
-    dense = counts.toarray() if sp.issparse(counts) else np.array(counts, dtype=np.float64)
-    dense = dense.astype(np.float64, copy=False)
-    scale = np.divide(target_sum, library, out=np.ones_like(library), where=library > 0)
-    x = np.log1p(np.nan_to_num(dense, nan=0.0) * scale[:, None]).astype(np.float32)
+    x = counts.toarray() if sp.issparse(counts) else np.array(counts)  # a copy: written in place below
+    x = x.astype(np.float32, copy=False)
+    scale = np.divide(target_sum, library, out=np.ones_like(library), where=library > 0).astype(np.float32)
+    np.nan_to_num(x, copy=False, nan=0.0)
+    x *= scale[:, None]
+    np.log1p(x, out=x)
     if miss.nnz:
         r, c = miss.nonzero()
         x[r, c] = np.nan
