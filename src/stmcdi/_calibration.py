@@ -92,6 +92,8 @@ class RelativeEarlyStopping(EarlyStopping):
     ----------
     rel
         Least relative improvement.
+    min_steps
+        No stop before this many optimizer steps.
     **kwargs
         Passed to :class:`~lightning.pytorch.callbacks.EarlyStopping` (``monitor``, ``patience``, ...).
 
@@ -101,9 +103,15 @@ class RelativeEarlyStopping(EarlyStopping):
     0.01
     """
 
-    def __init__(self, rel: float, **kwargs):
+    def __init__(self, rel: float, min_steps: int = 0, **kwargs):
         super().__init__(mode="min", **kwargs)
         self.rel = float(rel)
+        self.min_steps = int(min_steps)
+
+    def _run_early_stopping_check(self, trainer) -> None:
+        if trainer.global_step < self.min_steps:  # the averaged weights still remember their start
+            return
+        super()._run_early_stopping_check(trainer)
 
     def _evaluate_stopping_criteria(self, current: torch.Tensor):
         if torch.isfinite(self.best_score):

@@ -302,7 +302,8 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
 
         A few observed entries (5% of those of up to 1024 random spots) are held back from training. Every
         ``CHECK_STEPS`` (50) optimizer steps the network predicts them; training stops when that error has not
-        improved by 0.25% for 5 checks, and the weights of the best check are kept. Then the read-out is fitted on the
+        improved by 0.25% for 5 checks (and not before three horizons of the weight average, 600 steps at the
+        default decay), and the weights of the best check are kept. Then the read-out is fitted on the
         same entries (:func:`stmcdi._calibration.calibrate`): the weights of the stack and the spread scale.
 
         Parameters
@@ -358,11 +359,14 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
         best = BestWeights()
         callbacks = [best, *list(trainer_kwargs.pop("callbacks", None) or [])]
         total = max_epochs * steps_per_epoch
-        if ema_decay is not None:
-            callbacks.append(EMAWeightAveraging(decay=min(float(ema_decay), 1.0 - 10.0 / max(total, 20)),
-                                                use_buffers=False))
+        decay = None if ema_decay is None else min(float(ema_decay), 1.0 - 10.0 / max(total, 20))
+        if decay is not None:
+            callbacks.append(EMAWeightAveraging(decay=decay, use_buffers=False))
         if early_stopping and self.held_back_.nnz:
-            callbacks.append(RelativeEarlyStopping(MIN_IMPROVEMENT, monitor="validation_mse", patience=PATIENCE))
+            # no stop while the moving average still remembers its start: three of its horizons, 1 / (1 - decay)
+            min_steps = 3 * round(1.0 / (1.0 - decay)) if decay is not None else CHECK_STEPS * PATIENCE
+            callbacks.append(RelativeEarlyStopping(MIN_IMPROVEMENT, min_steps=min_steps, monitor="validation_mse",
+                                                   patience=PATIENCE))
         check_every = max(1, round(CHECK_STEPS / steps_per_epoch))
         if checkpoint_dir is not None:
             from pathlib import Path

@@ -119,7 +119,7 @@ class DiffusionTrainingPlan(TrainingPlan):
         """
         self._reseed(2, self.global_step)
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference mode: inference tensors cannot be reduced across processes (DDP)
     def compute_and_log_metrics(self, loss_output: LossOutput, metrics, mode: str) -> None:
         """Log the module's extra metrics as ``<key>_<mode>`` (the loss is logged by the step).
 
@@ -251,7 +251,8 @@ class DiffusionTrainingPlan(TrainingPlan):
         if n_target == 0:
             return
         sel = target & ~torch.isnan(counts[:n])
-        mse = ((est - truth) ** 2)[sel].mean()
+        # fill() runs in inference mode; a plain tensor can be reduced across processes (DDP)
+        mse = torch.tensor(float(((est - truth) ** 2)[sel].mean()), device=counts.device)
         self.log("validation_mse", mse, on_step=False, on_epoch=True, sync_dist=self.use_sync_dist,
                  batch_size=n_target)
 
