@@ -6,19 +6,20 @@
 - README and docs carry no work-log wording (sessions, dated history of defaults);
 - no script in ``benchmarks/`` imports a private ``stmcdi._...`` module;
 - at most 8 pairs of places in ``src/`` share six or more lines of the same code (same lines, or the same shape with
-  other names, strings and numbers; blank, comment and import lines do not count).
+  other names, strings and numbers; blank, comment and import lines do not count). As in the ``duplicates`` tool, a
+  thin run (under 4 tokens a line, or under 2 statements: ``__all__`` lists, constants, dict entries, class fields)
+  counts only where it is the same to the letter.
 """
 
 from __future__ import annotations
 
 import ast
-import io
 import re
 import sys
-import tokenize
 from collections import defaultdict
 from itertools import combinations
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 LIMITS = {"impute_parameters": 10, "largest_src_file": 600, "readme_lines": 150, "duplicate_pairs": 8}
@@ -27,6 +28,7 @@ MIN_LINES = 6
 
 
 def impute_parameters() -> int:
+    """Parameters of ``STMCDI.impute`` (``self`` not counted)."""
     tree = ast.parse((ROOT / "src/stmcdi/_model.py").read_text())
     for node in ast.walk(tree):
         if isinstance(node, ast.FunctionDef) and node.name == "impute":
@@ -36,11 +38,13 @@ def impute_parameters() -> int:
 
 
 def largest_src_file() -> tuple[int, str]:
+    """Lines and path of the longest file in ``src/``."""
     sizes = [(len(p.read_text().splitlines()), str(p.relative_to(ROOT))) for p in (ROOT / "src").rglob("*.py")]
     return max(sizes)
 
 
 def work_log_lines() -> list[str]:
+    """Lines of README and docs pages that read as a work log."""
     hits = []
     for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
         for i, line in enumerate(path.read_text().splitlines(), 1):
@@ -50,6 +54,7 @@ def work_log_lines() -> list[str]:
 
 
 def private_imports() -> list[str]:
+    """Imports of private ``stmcdi._...`` modules in the benchmark scripts."""
     hits = []
     for path in sorted((ROOT / "benchmarks").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
@@ -60,45 +65,89 @@ def private_imports() -> list[str]:
     return hits
 
 
-def _shape_lines(path: Path) -> list[tuple[int, str]]:
-    """Code lines of a file with names, strings and numbers replaced by placeholders (line number, shape)."""
-    out: dict[int, list[str]] = defaultdict(list)
-    skip: set[int] = set()
-    try:
-        tokens = list(tokenize.generate_tokens(io.StringIO(path.read_text()).readline))
-    except (tokenize.TokenError, SyntaxError):
-        return []
-    for tok in tokens:
-        if tok.type == tokenize.NAME and tok.string in ("import", "from") and tok.start[1] == len(tok.line) - len(
-                tok.line.lstrip()):
-            skip.add(tok.start[0])
-        if tok.type in (tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT,
-                        tokenize.ENDMARKER):
+STRING = re.compile(r"[rbfuRBFU]*(\"\"\"|\'\'\'|\"|\')(?:\\.|(?!\1).)*\1")
+NUMBER = re.compile(r"\b\d[\d_]*(\.\d*)?([eE][-+]?\d+)?\b")
+NAME = re.compile(r"\b[A-Za-z_]\w*\b")
+TOKEN = re.compile(r'""|\w+|\S')
+KEYWORDS = {"def", "class", "return", "if", "else", "elif", "for", "in", "while", "with", "as", "not", "and", "or",
+            "is", "None", "True", "False", "raise", "try", "except", "lambda", "yield", "assert", "pass", "del",
+            "self"}
+STATEMENT_WORDS = {"if", "for", "while", "return", "else", "elif", "try", "except", "with", "raise", "yield", "await",
+                   "assert", "del", "continue", "break"}
+# lines that declare data rather than do something: a dict entry ``key: value,`` or a class field ``name: type = 0``
+DECLARATION = re.compile(r'^(N|"")(\.N)*: (N|""|-?0)(\.N)*(\(\))?,?$|^N: [^=]+ = (""|-?0|None|True|False)$')
+MIN_TOKENS = 4  # a run compared by shape needs this many tokens a line on average ...
+MIN_STATEMENTS = 2  # ... and this many statements; a thinner run counts only where it is the same to the letter
+
+
+class Line(NamedTuple):
+    """One counted line of a file."""
+
+    number: int
+    text: str  # white space folded, trailing comment dropped
+    shape: str  # names, strings and numbers replaced by placeholders
+    tokens: int
+    statement: bool
+
+
+def _is_statement(shape: str, tokens: list[str]) -> bool:
+    """Whether a line does something, as the ``duplicates`` tool decides.
+
+    A statement word, an assignment or a long line is; a dict entry or a class field with a literal default is not.
+    """
+    if DECLARATION.match(shape):
+        return False
+    if tokens[0] in STATEMENT_WORDS:
+        return True
+    for k, t in enumerate(tokens):
+        alone = k + 1 >= len(tokens) or tokens[k + 1] not in "=>"
+        if t == "=" and alone and (k == 0 or tokens[k - 1] not in "=!<>"):
+            return True
+    return len(tokens) >= 8
+
+
+def _lines(path: Path) -> list[Line]:
+    """Counted lines of a file with their shapes: names, strings and numbers replaced by placeholders.
+
+    Blank lines, comments, lone punctuation and import statements are passed over; white space is folded.
+    """
+    lines, in_import = [], False
+    for n, raw in enumerate(path.read_text().splitlines(), 1):
+        line = raw.strip()
+        if in_import:
+            in_import = ")" not in line
             continue
-        text = {tokenize.NAME: "N", tokenize.STRING: "S", tokenize.NUMBER: "0"}.get(tok.type, tok.string)
-        if tok.type == tokenize.NAME and tok.string in KEYWORDS:
-            text = tok.string
-        out[tok.start[0]].append(text)
-    lines = []
-    for n in sorted(out):
-        shape = " ".join(out[n])
-        if n in skip or not re.search(r"[A-Za-z0-9]", shape):
-            continue  # imports and lone punctuation
-        lines.append((n, shape))
+        if line.startswith(("import ", "from ")) and " import" in f" {line}":
+            in_import = line.rstrip().endswith("(")
+            continue
+        if not line or line.startswith("#") or not re.search(r"[A-Za-z0-9]", line):
+            continue
+        text = " ".join(line.split("  #")[0].split())
+        shape = STRING.sub('""', text)
+        shape = NUMBER.sub("0", shape)
+        shape = " ".join(NAME.sub(lambda m: m.group(0) if m.group(0) in KEYWORDS else "N", shape).split())
+        tokens = TOKEN.findall(shape)
+        lines.append(Line(n, text, shape, len(tokens), _is_statement(shape, tokens)))
     return lines
 
 
-KEYWORDS = {"def", "class", "return", "if", "else", "elif", "for", "in", "while", "with", "as", "not", "and", "or",
-            "is", "None", "True", "False", "raise", "try", "except", "lambda", "yield", "assert", "pass", "del"}
+def _window_key(window: list[Line]) -> tuple:
+    """What a run of lines is compared by: its shapes, or its text where it is too thin to compare by shape.
+
+    Thin runs are lists of names such as ``__all__``, constants, dict entries and class fields.
+    """
+    thin = sum(x.tokens for x in window) < MIN_TOKENS * len(window) or sum(x.statement for x in window) < MIN_STATEMENTS
+    return ("text", *(x.text for x in window)) if thin else ("shape", *(x.shape for x in window))
 
 
 def duplicate_pairs() -> list[tuple[str, str]]:
+    """Pairs of files (or a file with itself) sharing a run of ``MIN_LINES`` lines of the same code."""
     windows: dict[tuple, set[tuple[str, int]]] = defaultdict(set)
     for path in sorted((ROOT / "src").rglob("*.py")):
-        lines = _shape_lines(path)
+        lines = _lines(path)
         rel = str(path.relative_to(ROOT / "src"))
         for i in range(len(lines) - MIN_LINES + 1):
-            windows[tuple(s for _, s in lines[i:i + MIN_LINES])].add((rel, lines[i][0]))
+            windows[_window_key(lines[i:i + MIN_LINES])].add((rel, lines[i].number))
     pairs = set()
     for places in windows.values():
         if 2 <= len(places) <= 8:  # a run in more places is boilerplate too common to list
@@ -109,6 +158,7 @@ def duplicate_pairs() -> list[tuple[str, str]]:
 
 
 def main() -> int:
+    """Print every check; exit 1 if one fails."""
     failures = []
     n = impute_parameters()
     print(f"STMCDI.impute parameters: {n} (at most {LIMITS['impute_parameters']})")

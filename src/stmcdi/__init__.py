@@ -23,9 +23,9 @@ def _calm_numba_threads() -> None:
 _calm_numba_threads()
 
 # scvi-tools 1.4.2 uses ``rich.pretty`` in ``view_anndata_setup`` without importing it (fixed in 1.4.3).
-import rich.pretty  # noqa: F401
+import rich.pretty  # noqa: E402, F401
 
-from . import benchmark, datasets, pl, pp
+from . import benchmark, datasets, pl, pp  # noqa: E402
 
 try:
     __version__ = version("stmcdi")

@@ -30,7 +30,7 @@ from .pp._normalize import library_size
 logger = logging.getLogger(__name__)
 
 #: candidate spread scales, smallest first (5% apart)
-SPREAD_GRID = np.round(np.geomspace(0.5, 50.0, 95), 3)
+SPREAD_GRID = np.round(np.geomspace(0.5, 500.0, 142), 3)
 #: most held-back entries the spread is calibrated on (sampling them is the costly part)
 SPREAD_ENTRIES = 2000
 #: neighbours of the spatial estimates of the stack

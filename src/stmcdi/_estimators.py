@@ -167,14 +167,13 @@ class GeneMean(Estimate):
         return np.broadcast_to(self.mean, (len(rows), self.shape[1])).copy()
 
 
-class TwoWay(Estimate):
+class TwoWay(GeneMean):
     """Gene mean plus the spot's mean deviation from the gene means over its observed entries (its depth)."""
 
     name = "spot_depth"
 
     def __init__(self, x: np.ndarray):
-        self.shape = x.shape
-        self.mean = column_means(x).astype(np.float32)
+        super().__init__(x)
         obs = ~np.isnan(x)
         n = obs.sum(axis=1)
         dev = np.where(obs, x - self.mean, 0.0).sum(axis=1, dtype=np.float64)

@@ -92,10 +92,8 @@ class STMCDIModule(ReverseDiffusion, BaseModuleClass):
     and 2 are its neighbours. :class:`~stmcdi.STMCDI` builds the module and the batches for you.
 
     >>> import numpy as np, torch
-    >>> module = STMCDIModule(
-    ...     n_genes=6, gene_mean=np.zeros(6), gene_std=np.ones(6), target_sum=100.0,
-    ...     n_encoder_hidden=8, n_latent=4, n_channels=8,
-    ... )
+    >>> module = STMCDIModule(n_genes=6, gene_mean=np.zeros(6), gene_std=np.ones(6), target_sum=100.0,
+    ...                       n_encoder_hidden=8, n_latent=4, n_channels=8)
     >>> nan = float("nan")
     >>> counts = torch.tensor([[3.0, nan, 0.0, 5.0, 1.0, 2.0],
     ...                        [0.0, 4.0, 2.0, 1.0, 3.0, 0.0],
@@ -581,8 +579,9 @@ class STMCDIModule(ReverseDiffusion, BaseModuleClass):
         >>> import numpy as np, torch
         >>> module = STMCDIModule(6, np.zeros(6), np.ones(6), 100.0, n_encoder_hidden=8, n_latent=4, n_channels=8)
         >>> counts = torch.tensor([[3.0, 1.0, 0.0, 5.0, 1.0, 2.0], [0.0, 4.0, 2.0, 1.0, 3.0, 0.0]])
-        >>> inf = module.inference(counts, counts.sum(1), torch.tensor([[1], [0]]), n_seed=1)
-        >>> out = module.loss({}, inf, module.generative(**inf))
+        >>> batch = {"counts": counts, "library": counts.sum(1), "edge_index": torch.tensor([[1], [0]]),
+        ...          "row": torch.tensor([0])}
+        >>> _, _, out = module(batch)  # inference, generative, then this loss
         >>> out.loss.shape, sorted(out.extra_metrics)
         (torch.Size([]), ['diffusion_loss', 'readout_loss', 'target_fraction'])
         """

@@ -187,9 +187,8 @@ class ReverseDiffusion:
 
         Examples
         --------
-        >>> import numpy as np, torch
-        >>> from stmcdi import STMCDIModule
-        >>> module = STMCDIModule(6, np.zeros(6), np.ones(6), 100.0, n_encoder_hidden=8, n_latent=4, n_channels=8)
+        >>> import numpy as np, torch, stmcdi
+        >>> module = stmcdi.STMCDIModule(6, np.zeros(6), np.ones(6), 100.0, n_channels=8)
         >>> counts = torch.tensor([[3.0, float("nan"), 0.0, 5.0, 1.0, 2.0], [0.0, 4.0, 2.0, 1.0, 3.0, 0.0]])
         >>> module.eval().sample(counts, torch.nan_to_num(counts).sum(1), torch.tensor([[1], [0]]), 1, n_samples=2).shape
         torch.Size([2, 1, 6])
@@ -216,9 +215,8 @@ class ReverseDiffusion:
 
         Examples
         --------
-        >>> import numpy as np, torch
-        >>> from stmcdi import STMCDIModule
-        >>> module = STMCDIModule(6, np.zeros(6), np.ones(6), 100.0, n_encoder_hidden=8, n_latent=4, n_channels=8)
+        >>> import numpy as np, torch, stmcdi
+        >>> module = stmcdi.STMCDIModule(6, np.zeros(6), np.ones(6), 100.0, n_channels=8)
         >>> counts = torch.tensor([[3.0, float("nan"), 0.0, 5.0, 1.0, 2.0], [0.0, 4.0, 2.0, 1.0, 3.0, 0.0]])
         >>> module.eval().predict(counts, torch.nan_to_num(counts).sum(1), torch.tensor([[1], [0]]), n_seed=1).shape
         torch.Size([1, 6])
@@ -245,12 +243,12 @@ class ReverseDiffusion:
 
         Examples
         --------
-        >>> import numpy as np, torch
-        >>> from stmcdi import STMCDIModule
-        >>> module = STMCDIModule(6, np.zeros(6), np.ones(6), 100.0, n_encoder_hidden=8, n_latent=4, n_channels=8)
+        >>> import numpy as np, torch, stmcdi
+        >>> module = stmcdi.STMCDIModule(6, np.zeros(6), np.ones(6), 100.0, n_latent=4)
         >>> counts = torch.tensor([[3.0, float("nan"), 0.0, 5.0, 1.0, 2.0], [0.0, 4.0, 2.0, 1.0, 3.0, 0.0]])
-        >>> module.eval().encode(counts, torch.nan_to_num(counts).sum(1), torch.tensor([[1], [0]]), n_seed=1).shape
-        torch.Size([1, 4])
+        >>> z = module.eval().encode(counts, torch.nan_to_num(counts).sum(1), torch.tensor([[1], [0]]), n_seed=2)
+        >>> z.shape  # (n_seed, n_latent)
+        torch.Size([2, 4])
         """
         if self.encoder is None:
             raise ValueError("This model has encoder='none': it has no spatial representation.")

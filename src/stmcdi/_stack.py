@@ -181,6 +181,7 @@ def fit_stack(x: np.ndarray, held: sp.spmatrix, spatial: np.ndarray | None, extr
     Examples
     --------
     >>> import numpy as np
+    >>> from stmcdi._estimators import held_back_entries
     >>> rng = np.random.default_rng(0)
     >>> x = np.log1p(rng.poisson(np.outer(rng.gamma(2, 1, 60), rng.gamma(2, 1, 30)))).astype(np.float32)
     >>> held = held_back_entries(np.ones(x.shape, bool), seed=0, fraction=0.2)

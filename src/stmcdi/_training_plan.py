@@ -54,8 +54,7 @@ class DiffusionTrainingPlan(TrainingPlan):
     >>> import stmcdi
     >>> adata = stmcdi.datasets.synthetic(n_spots=60, n_genes=20)
     >>> stmcdi.STMCDI.setup_anndata(adata)
-    >>> model = stmcdi.STMCDI(adata)
-    >>> plan = DiffusionTrainingPlan(model.module, lr=1e-3)
+    >>> plan = DiffusionTrainingPlan(stmcdi.STMCDI(adata).module, lr=1e-3)  # as STMCDI.train does
     >>> plan.lr_schedule
     'cosine'
     """
@@ -188,15 +187,12 @@ class DiffusionTrainingPlan(TrainingPlan):
 
         Examples
         --------
-        >>> import numpy as np, torch
-        >>> from stmcdi import STMCDIModule
-        >>> module = STMCDIModule(6, np.zeros(6), np.ones(6), 100.0, n_encoder_hidden=8, n_latent=4, n_channels=8)
-        >>> plan = DiffusionTrainingPlan(module)
+        >>> import numpy as np, torch, stmcdi
+        >>> plan = DiffusionTrainingPlan(stmcdi.STMCDIModule(6, np.zeros(6), np.ones(6), 100.0, n_channels=8))
         >>> counts = torch.tensor([[3.0, 1.0, 0.0, 5.0, 1.0, 2.0], [0.0, 4.0, 2.0, 1.0, 3.0, 0.0]])
         >>> batch = {"counts": counts, "library": counts.sum(1), "edge_index": torch.tensor([[1], [0]]),
         ...          "row": torch.tensor([0])}
-        >>> _, _, loss_output = plan.forward(batch)  # what the step computes, without logging
-        >>> loss_output.loss.shape
+        >>> plan.forward(batch)[2].loss.shape  # what the step computes, without logging
         torch.Size([])
         >>> loss = plan.training_step(batch, batch_idx=0)  # in a Trainer  # doctest: +SKIP
         """

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import numpy as np
 from anndata import AnnData
+from docrep import DocstringProcessor
 
 from stmcdi import _estimators as est
 from stmcdi._constants import KEYS
@@ -28,12 +29,29 @@ from ._baselines import _finish, lognormal_input
 #: candidate diffusion times of :func:`magic`
 MAGIC_TS = (1, 2, 3, 4, 6, 8)
 
+#: Parameter text of the benchmark method signature shared by the wrappers.
+_doc = DocstringProcessor(
+    adata_layer="""adata
+    Masked data with raw counts (NaN at missing entries).
+layer
+    Layer with the counts; ``None`` uses ``adata.X``.""",
+    target_nonzero="""target
+    ``"missing"`` fills the NaN entries; ``"zeros"`` also returns the tool's value at the zeros.
+nonzero
+    The entries to fill are nonzero: zeros are treated as missing.""",
+    held_out_example=""">>> import stmcdi
+>>> held = stmcdi.benchmark.hold_out(stmcdi.datasets.synthetic(n_spots=80, n_genes=16), seed=0)""",
+)
 
-def _install_hint(package: str, module: str) -> ImportError:
-    return ImportError(
-        f"This method needs the {module!r} module; install it with `pip install {package}` "
-        "(or `pip install 'stmcdi[benchmark]'` for MAGIC), or leave the method out."
-    )
+
+def _require(module: str, package: str):
+    """Import ``module``, or raise an ImportError that says how to install ``package``."""
+    if importlib.util.find_spec(module) is None:
+        raise ImportError(
+            f"This method needs the {module!r} module; install it with `pip install {package}` "
+            "(or `pip install 'stmcdi[benchmark]'` for MAGIC), or leave the method out."
+        )
+    return importlib.import_module(module)
 
 
 def _start(x: np.ndarray) -> np.ndarray:
@@ -41,6 +59,7 @@ def _start(x: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(x), est.column_means(x)[None, :], x)
 
 
+@_doc.dedent
 def magic(adata: AnnData, *, layer: str | None = None, seed: int = 0, target: str = "missing", nonzero: bool = False,
           t: int | None = None, **kwargs) -> np.ndarray:
     """MAGIC (van Dijk et al. 2018) on the log-normalised masked data, via the ``magic-impute`` package.
@@ -50,16 +69,10 @@ def magic(adata: AnnData, *, layer: str | None = None, seed: int = 0, target: st
 
     Parameters
     ----------
-    adata
-        Masked data with raw counts (NaN at missing entries).
-    layer
-        Layer with the counts; ``None`` uses ``adata.X``.
+    %(adata_layer)s
     seed
         ``random_state`` of MAGIC and seed of the inner hold-out.
-    target
-        ``"missing"`` fills the NaN entries; ``"zeros"`` also returns MAGIC's value at the zeros.
-    nonzero
-        The entries to fill are nonzero: zeros are treated as missing.
+    %(target_nonzero)s
     t
         Diffusion time; default: chosen on the inner hold-out.
     **kwargs
@@ -71,16 +84,11 @@ def magic(adata: AnnData, *, layer: str | None = None, seed: int = 0, target: st
 
     Examples
     --------
-    >>> from stmcdi.benchmark import hold_out
-    >>> import stmcdi
-    >>> held = hold_out(stmcdi.datasets.synthetic(n_spots=80, n_genes=16), seed=0)
-    >>> magic(held.adata, seed=0).shape  # doctest: +SKIP
+    %(held_out_example)s
+    >>> magic(held.adata, seed=0, t=3).shape  # a fixed diffusion time  # doctest: +SKIP
     (80, 16)
     """
-    if importlib.util.find_spec("magic") is None:
-        raise _install_hint("magic-impute", "magic")
-    import magic as magic_pkg
-
+    magic_pkg = _require("magic", "magic-impute")
     x_full, _, _ = log_normalize(get_layer(adata, layer))
     x = lognormal_input(adata, layer, nonzero)
 
@@ -97,40 +105,33 @@ def magic(adata: AnnData, *, layer: str | None = None, seed: int = 0, target: st
     return _finish(x_full, x, run(x, int(t)), target, nonzero)
 
 
+@_doc.dedent
 def scvi_impute(
     adata: AnnData, *, layer: str | None = None, seed: int = 0, target: str = "missing", nonzero: bool = False,
     max_epochs: int | None = None,
 ) -> np.ndarray:
     """Impute with scVI (Lopez et al. 2018) trained on the masked counts: its normalised expression fills in.
 
-    Missing counts start at their expectation under the gene-mean baseline (the gene's observed share of
-    counts times the spot's library), rounded; scVI's ``get_normalized_expression`` scaled to the data's
-    target sum and ``log1p``-transformed fills the entries.
+    Missing counts (with ``nonzero=True`` also the zeros) start at their expectation under the gene-mean
+    baseline (the gene's observed share of counts times the spot's library), rounded; scVI's
+    ``get_normalized_expression`` scaled to the data's target sum and ``log1p``-transformed fills the entries.
 
     Parameters
     ----------
-    adata
-        Masked data with raw counts (NaN at missing entries).
-    layer
-        Layer with the counts; ``None`` uses ``adata.X``.
+    %(adata_layer)s
     seed
         ``scvi.settings.seed`` for training.
-    target
-        ``"missing"`` fills the NaN entries; ``"zeros"`` also returns scVI's value at the zeros.
-    nonzero
-        The entries to fill are nonzero: zeros are treated as missing (started at their expectation).
+    %(target_nonzero)s
     max_epochs
         Training epochs (default: scvi-tools' own, ``min(400, 20000 / n_obs)``-ish).
 
     Returns
     -------
-    Dense ``(n_obs, n_vars)`` float64 imputation on the log-normalised scale.
+    Dense ``(n_obs, n_vars)`` float64 imputation on the log-normalised scale: scVI's expression, ``log1p``-ed.
 
     Examples
     --------
-    >>> from stmcdi.benchmark import hold_out
-    >>> import stmcdi
-    >>> held = hold_out(stmcdi.datasets.synthetic(n_spots=80, n_genes=16), seed=0)
+    %(held_out_example)s
     >>> scvi_impute(held.adata, max_epochs=2).shape  # doctest: +SKIP
     (80, 16)
     """
@@ -154,6 +155,7 @@ def scvi_impute(
     return _finish(x, x, np.log1p(np.asarray(rate, dtype=np.float64)), target, nonzero)
 
 
+@_doc.dedent
 def stagate(
     adata: AnnData,
     *,
@@ -167,21 +169,16 @@ def stagate(
     """STAGATE (Dong & Zhang 2022) graph-attention autoencoder; its reconstruction fills the entries.
 
     Uses the ``STAGATE_pyG`` package (installed from its GitHub repository; it is not on PyPI): a spatial
-    kNN net (``Cal_Spatial_Net(model="KNN")``) and ``train_STAGATE(save_reconstrction=True)`` on the
-    log-normalised masked data with missing entries at their gene mean.
+    kNN net on ``adata.obsm["spatial"]`` (``Cal_Spatial_Net(model="KNN")``) and
+    ``train_STAGATE(save_reconstrction=True)`` on the log-normalised masked data with missing entries at their
+    gene mean.
 
     Parameters
     ----------
-    adata
-        Masked data with raw counts (NaN at missing entries) and ``obsm["spatial"]``.
-    layer
-        Layer with the counts; ``None`` uses ``adata.X``.
+    %(adata_layer)s
     seed
         ``random_seed`` of STAGATE.
-    target
-        ``"missing"`` fills the NaN entries; ``"zeros"`` also returns STAGATE's value at the zeros.
-    nonzero
-        The entries to fill are nonzero: zeros are treated as missing.
+    %(target_nonzero)s
     n_neighbors
         Spatial neighbours of the net (STAGATE's ``k_cutoff``).
     n_epochs
@@ -193,22 +190,17 @@ def stagate(
 
     Examples
     --------
-    >>> from stmcdi.benchmark import hold_out
-    >>> import stmcdi
-    >>> held = hold_out(stmcdi.datasets.synthetic(n_spots=80, n_genes=16), seed=0)
+    %(held_out_example)s
     >>> stagate(held.adata, n_epochs=10).shape  # doctest: +SKIP
     (80, 16)
     """
-    if importlib.util.find_spec("STAGATE_pyG") is None:
-        raise _install_hint("git+https://github.com/QIFEIDKN/STAGATE_pyG", "STAGATE_pyG")
-    import STAGATE_pyG
-
+    stagate_pkg = _require("STAGATE_pyG", "git+https://github.com/QIFEIDKN/STAGATE_pyG")
     x_full, _, _ = log_normalize(get_layer(adata, layer))
     start = _start(lognormal_input(adata, layer, nonzero))
     work = AnnData(start.astype(np.float32), obs=adata.obs[[]].copy())
     work.obsm["spatial"] = np.asarray(get_coordinates(adata, KEYS.SPATIAL), dtype=np.float64)
-    STAGATE_pyG.Cal_Spatial_Net(work, k_cutoff=n_neighbors, model="KNN", verbose=False)
-    STAGATE_pyG.train_STAGATE(work, n_epochs=n_epochs, random_seed=int(seed), save_reconstrction=True,
+    stagate_pkg.Cal_Spatial_Net(work, k_cutoff=n_neighbors, model="KNN", verbose=False)
+    stagate_pkg.train_STAGATE(work, n_epochs=n_epochs, random_seed=int(seed), save_reconstrction=True,
                               verbose=False)
     rex = np.clip(np.asarray(work.layers["STAGATE_ReX"], dtype=np.float64), 0.0, None)
     return _finish(x_full, x_full, rex, target, nonzero)

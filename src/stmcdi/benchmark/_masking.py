@@ -320,13 +320,5 @@ def hold_out(
     truth = truth_dense[r, c_idx].astype(np.float32)
 
     out = _visible_copy(adata, _store_like(X, masked), layer)
-    return HeldOut(
-        adata=out,
-        mask=mask,
-        truth=truth,
-        protocol=protocol,
-        ratio=ratio,
-        seed=seed,
-        layer=layer,
-        target_sum=float(target_sum),
-    )
+    return HeldOut(adata=out, mask=mask, truth=truth, protocol=protocol, ratio=ratio, seed=seed, layer=layer,
+                   target_sum=float(target_sum))

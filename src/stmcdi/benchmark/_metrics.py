@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
+from docrep import DocstringProcessor
 from scipy.special import ndtr
 
 from stmcdi._validation import get_layer
@@ -13,6 +14,16 @@ from stmcdi.pp._normalize import log_normalize
 
 if TYPE_CHECKING:
     from ._masking import HeldOut
+
+#: The Parameters section of the pooled scores.
+_doc = DocstringProcessor(
+    parameters_truth_pred="""Parameters
+----------
+truth
+    True values at the scored entries.
+pred
+    Predicted values at the same entries.""",
+)
 
 
 def _pair(truth, pred) -> tuple[np.ndarray, np.ndarray]:
@@ -25,15 +36,11 @@ def _pair(truth, pred) -> tuple[np.ndarray, np.ndarray]:
     return t, p
 
 
+@_doc.dedent
 def pcc(truth, pred) -> float:
     """Pearson correlation pooled over all scored entries (paper Eq. 37).
 
-    Parameters
-    ----------
-    truth
-        True values at the scored entries.
-    pred
-        Predicted values at the same entries.
+    %(parameters_truth_pred)s
 
     Returns
     -------
@@ -51,15 +58,11 @@ def pcc(truth, pred) -> float:
     return float(np.clip((t * p).sum() / denom, -1.0, 1.0)) if denom > 0 else float("nan")
 
 
+@_doc.dedent
 def cosine(truth, pred) -> float:
-    """Cosine similarity pooled over all scored entries (paper Eq. 38).
+    """Cosine of the angle between truth and prediction over all scored entries (paper Eq. 38).
 
-    Parameters
-    ----------
-    truth
-        True values at the scored entries.
-    pred
-        Predicted values at the same entries.
+    %(parameters_truth_pred)s
 
     Returns
     -------
@@ -75,15 +78,11 @@ def cosine(truth, pred) -> float:
     return float(np.clip(t @ p / denom, -1.0, 1.0)) if denom > 0 else float("nan")
 
 
+@_doc.dedent
 def rmse(truth, pred) -> float:
     """Root mean squared error (paper Eq. 39).
 
-    Parameters
-    ----------
-    truth
-        True values at the scored entries.
-    pred
-        Predicted values at the same entries.
+    %(parameters_truth_pred)s
 
     Returns
     -------
@@ -98,15 +97,11 @@ def rmse(truth, pred) -> float:
     return float(np.sqrt(np.mean((t - p) ** 2)))
 
 
+@_doc.dedent
 def mae(truth, pred) -> float:
     """Mean absolute error (paper Eq. 40).
 
-    Parameters
-    ----------
-    truth
-        True values at the scored entries.
-    pred
-        Predicted values at the same entries.
+    %(parameters_truth_pred)s
 
     Returns
     -------
@@ -162,6 +157,13 @@ def _values_at(mask: sp.spmatrix, truth, pred) -> tuple[sp.csr_matrix, np.ndarra
     return mask, t, p
 
 
+def _per_axis_pcc(truth, pred, mask, min_entries: int, axis: int) -> np.ndarray:
+    """Pearson correlation within each column (``axis=1``, genes) or row (``axis=0``, spots) of ``mask``."""
+    mask, t, p = _values_at(mask, truth, pred)
+    group = mask.nonzero()[axis]
+    return _grouped_pcc(t, p, group, mask.shape[axis], min_entries)
+
+
 def per_gene_pcc(truth, pred, mask, min_entries: int = 10) -> np.ndarray:
     """Pearson correlation per gene over that gene's scored entries.
 
@@ -190,30 +192,23 @@ def per_gene_pcc(truth, pred, mask, min_entries: int = 10) -> np.ndarray:
     >>> per_gene_pcc(truth, 2 * truth + 1, mask, min_entries=3)
     array([ 1., nan])
     """
-    mask, t, p = _values_at(mask, truth, pred)
-    _, cols = mask.nonzero()
-    return _grouped_pcc(t, p, cols, mask.shape[1], min_entries)
+    return _per_axis_pcc(truth, pred, mask, min_entries, axis=1)
 
 
 def per_spot_pcc(truth, pred, mask, min_entries: int = 10) -> np.ndarray:
-    """Pearson correlation per spot over that spot's scored entries.
+    """Pearson correlation per spot over that spot's scored entries: :func:`per_gene_pcc` along the rows.
 
     Parameters
     ----------
-    truth
-        True values at the scored entries, in ``mask.nonzero()`` (row-major) order, or a dense matrix of the
-        mask's shape.
-    pred
-        Predictions, in the same form as ``truth``.
-    mask
-        Boolean ``(n_obs, n_vars)`` matrix of the scored entries.
+    truth, pred, mask
+        As in :func:`per_gene_pcc`.
     min_entries
         Spots with fewer scored entries get NaN.
 
     Returns
     -------
-    float64 ``(n_obs,)``: the per-spot correlation, NaN for spots with fewer than ``min_entries`` scored
-    entries or with constant truth or prediction.
+    float64 ``(n_obs,)``: the correlation, NaN for spots with fewer than ``min_entries`` scored entries or with
+    constant truth or prediction.
 
     Examples
     --------
@@ -223,9 +218,7 @@ def per_spot_pcc(truth, pred, mask, min_entries: int = 10) -> np.ndarray:
     >>> per_spot_pcc(truth, truth[:, ::-1] * [[1.0], [-1.0]], mask, min_entries=3)
     array([-1.,  1.])
     """
-    mask, t, p = _values_at(mask, truth, pred)
-    rows, _ = mask.nonzero()
-    return _grouped_pcc(t, p, rows, mask.shape[0], min_entries)
+    return _per_axis_pcc(truth, pred, mask, min_entries, axis=0)
 
 
 def _nanmedian(a: np.ndarray) -> float:
@@ -279,11 +272,8 @@ def score(held_out: HeldOut, pred: np.ndarray, *, min_entries: int = 10) -> dict
 
     Examples
     --------
-    >>> import numpy as np
-    >>> from anndata import AnnData
-    >>> from stmcdi.benchmark import hold_out
-    >>> rng = np.random.default_rng(0)
-    >>> held = hold_out(AnnData(rng.poisson(3.0, size=(50, 20)).astype(np.float32)), seed=0)
+    >>> import numpy as np, stmcdi
+    >>> held = stmcdi.benchmark.hold_out(stmcdi.datasets.synthetic(n_spots=50, n_genes=20), seed=0)
     >>> s = score(held, np.full((50, 20), 1.0))
     >>> s["n_scored"], s["mae"] > 0
     (100.0, True)
@@ -494,10 +484,8 @@ def interval_coverage(truth, samples, level: float = 0.9) -> float:
 
     Parameters
     ----------
-    truth
-        ``(n_scored,)`` true values.
-    samples
-        ``(n_samples, n_scored)`` draws of the imputation.
+    truth, samples
+        As in :func:`crps_ensemble`: ``(n_scored,)`` true values and ``(n_samples, n_scored)`` draws.
     level
         Nominal coverage of the interval, in ``(0, 1)``. Bounds are inclusive.
 

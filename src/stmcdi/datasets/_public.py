@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData, read_h5ad
+from docrep import DocstringProcessor
 
 logger = logging.getLogger(__name__)
 
@@ -40,20 +41,15 @@ _MOB_PATH = "Analysis/MouseOB/data/Rep11_MOB_0.csv"
 _BC_COMMIT = "618f6a08d6d8ea24ef9e9b22ce2dd5e25acf9fbe"
 _BC_PATH = "Analysis/BreastCancer/data/Layer2_BC_count_matrix-1.tsv"
 
-#: Upstream URL of the mouse olfactory bulb count table (spots x genes, comma separated).
-MOUSE_OB_URL = f"https://media.githubusercontent.com/media/{_SPATIALDE_REPO}/{_MOB_COMMIT}/{_MOB_PATH}"
-#: Upstream URL of the breast cancer layer 2 count table (spots x genes, tab separated).
-BREAST_CANCER_URL = f"https://media.githubusercontent.com/media/{_SPATIALDE_REPO}/{_BC_COMMIT}/{_BC_PATH}"
 
-_STAHL_CITATION = (
-    "Stahl PL et al. (2016) Visualization and analysis of gene expression in tissue sections by spatial "
-    "transcriptomics. Science 353:78-82. doi:10.1126/science.aaf2403"
-)
-_SPATIALDE_CITATION = (
-    "Svensson V, Teichmann SA, Stegle O (2018) SpatialDE. Nat Methods 15:343-346. doi:10.1038/nmeth.4636"
-)
-_ST_PLATFORM = "Spatial Transcriptomics (ST, 100 um spots, 200 um pitch)"
-_ST_COORDINATES = "obsm['spatial'] = (x, y) parsed from spot names 'XxY' (ST array coordinates, array units)"
+def _spatialde_url(commit: str, path: str) -> str:
+    return f"https://media.githubusercontent.com/media/{_SPATIALDE_REPO}/{commit}/{path}"
+
+
+#: Upstream URL of the mouse olfactory bulb count table (spots x genes, comma separated).
+MOUSE_OB_URL = _spatialde_url(_MOB_COMMIT, _MOB_PATH)
+#: Upstream URL of the breast cancer layer 2 count table (spots x genes, tab separated).
+BREAST_CANCER_URL = _spatialde_url(_BC_COMMIT, _BC_PATH)
 
 
 @dataclass(frozen=True)
@@ -96,66 +92,64 @@ class DatasetSpec:
     manual: str = ""
 
 
+def _stahl2016(name: str, filename: str, shape: tuple[int, int], sha256: str, *, commit: str, path: str, sep: str,
+               url_sha256: str, url_size: int, tissue: str, species: str) -> DatasetSpec:
+    """Spec of a Ståhl et al. (2016) count table in the SpatialDE repository, converted on download."""
+    url = _spatialde_url(commit, path)
+    provenance = {
+        "name": name,
+        "source_repo": _SPATIALDE_REPO,
+        "source_paths": path,
+        "source_commit": commit,
+        "upstream": url,
+        "original_publication": (
+            "Stahl PL et al. (2016) Visualization and analysis of gene expression in tissue sections by spatial "
+            "transcriptomics. Science 353:78-82. doi:10.1126/science.aaf2403"
+        ),
+        "also_cite": "Svensson V, Teichmann SA, Stegle O (2018) SpatialDE. Nat Methods 15:343-346. "
+                     "doi:10.1038/nmeth.4636",
+        "platform": "Spatial Transcriptomics (ST, 100 um spots, 200 um pitch)",
+        "tissue": tissue,
+        "species": species,
+        "license": "SpatialDE repository: MIT; original data from spatialresearch.org, terms not stated",
+        "coordinates": "obsm['spatial'] = (x, y) parsed from spot names 'XxY' (ST array coordinates, array units)",
+        "preprocessing": "none: converted by stmcdi.datasets.read_st_count_table (all spots and genes kept)",
+    }
+    manual = (
+        f"Download {url} (the count table of {_SPATIALDE_REPO} {path}) and convert it with "
+        f"`stmcdi.datasets.read_st_count_table(path, sep={sep!r}).write_h5ad({filename!r})`."
+    )
+    return DatasetSpec(name, filename, shape, sha256, url, sep, url_sha256, url_size, provenance, manual)
+
+
+#: The Parameters and Returns sections of the loaders of the Ståhl et al. (2016) tables.
+_doc = DocstringProcessor(
+    stahl_parameters_returns="""Parameters
+----------
+path
+    The ``.h5ad`` file, or a directory holding it under the file name above. ``None`` searches the
+    ``STMCDI_DATA_DIR`` directory and the cache (``~/.cache/stmcdi``), then downloads.
+download
+    Whether to download when the file is found nowhere.
+
+Returns
+-------
+AnnData with raw counts in ``X`` (CSR float32) and coordinates in ``obsm["spatial"]``.""",
+)
+
 #: The datasets known to the loaders, by loader name. Tests may substitute entries (e.g. a ``file://`` URL).
 DATASETS: dict[str, DatasetSpec] = {
-    "mouse_olfactory_bulb": DatasetSpec(
-        name="Stahl 2016 mouse olfactory bulb, replicate 11",
-        filename="stahl2016_mob_rep11.h5ad",
-        shape=(262, 16218),
-        sha256="2d71b9ec51f4e62a77b8580150592f87ef60e5d2ac057721a57666c2985da99b",
-        url=MOUSE_OB_URL,
-        sep=",",
-        url_sha256="df7cb0b838e2a9b9de3424024d084f38cbfc16b20fbd64ed2787a942039b6c3e",
-        url_size=8790005,
-        provenance={
-            "name": "Stahl 2016 mouse olfactory bulb, replicate 11",
-            "source_repo": _SPATIALDE_REPO,
-            "source_paths": _MOB_PATH,
-            "source_commit": _MOB_COMMIT,
-            "upstream": MOUSE_OB_URL,
-            "original_publication": _STAHL_CITATION,
-            "also_cite": _SPATIALDE_CITATION,
-            "platform": _ST_PLATFORM,
-            "tissue": "olfactory bulb",
-            "species": "Mus musculus",
-            "license": "SpatialDE repository: MIT; original data from spatialresearch.org, terms not stated",
-            "coordinates": _ST_COORDINATES,
-            "preprocessing": "none: converted by stmcdi.datasets.read_st_count_table (all spots and genes kept)",
-        },
-        manual=(
-            f"Download {MOUSE_OB_URL} (the count table of {_SPATIALDE_REPO} {_MOB_PATH}) and convert it with "
-            "`stmcdi.datasets.read_st_count_table(path, sep=',').write_h5ad('stahl2016_mob_rep11.h5ad')`."
-        ),
+    "mouse_olfactory_bulb": _stahl2016(
+        "Stahl 2016 mouse olfactory bulb, replicate 11", "stahl2016_mob_rep11.h5ad", (262, 16218),
+        "2d71b9ec51f4e62a77b8580150592f87ef60e5d2ac057721a57666c2985da99b", tissue="olfactory bulb",
+        url_sha256="df7cb0b838e2a9b9de3424024d084f38cbfc16b20fbd64ed2787a942039b6c3e", url_size=8790005,
+        commit=_MOB_COMMIT, path=_MOB_PATH, sep=",", species="Mus musculus",
     ),
-    "breast_cancer_layer2": DatasetSpec(
-        name="Stahl 2016 human breast cancer biopsy, layer 2",
-        filename="stahl2016_breast_cancer_layer2.h5ad",
-        shape=(251, 14789),
-        sha256="5796a4c68eb6084b04d5fa59cdc5b50ad0f9e8a5eb5f5d88a2e0136d2017b952",
-        url=BREAST_CANCER_URL,
-        sep="\t",
-        url_sha256="fe19a57e382bd35009f5552eec4f94254fab9b6834e74ea7525f219cac559ae2",
-        url_size=7530255,
-        provenance={
-            "name": "Stahl 2016 human breast cancer biopsy, layer 2",
-            "source_repo": _SPATIALDE_REPO,
-            "source_paths": _BC_PATH,
-            "source_commit": _BC_COMMIT,
-            "upstream": BREAST_CANCER_URL,
-            "original_publication": _STAHL_CITATION,
-            "also_cite": _SPATIALDE_CITATION,
-            "platform": _ST_PLATFORM,
-            "tissue": "breast cancer biopsy (layer 2)",
-            "species": "Homo sapiens",
-            "license": "SpatialDE repository: MIT; original data from spatialresearch.org, terms not stated",
-            "coordinates": _ST_COORDINATES,
-            "preprocessing": "none: converted by stmcdi.datasets.read_st_count_table (all spots and genes kept)",
-        },
-        manual=(
-            f"Download {BREAST_CANCER_URL} (the count table of {_SPATIALDE_REPO} {_BC_PATH}) and convert it "
-            "with `stmcdi.datasets.read_st_count_table(path, sep='\\t')"
-            ".write_h5ad('stahl2016_breast_cancer_layer2.h5ad')`."
-        ),
+    "breast_cancer_layer2": _stahl2016(
+        "Stahl 2016 human breast cancer biopsy, layer 2", "stahl2016_breast_cancer_layer2.h5ad", (251, 14789),
+        "5796a4c68eb6084b04d5fa59cdc5b50ad0f9e8a5eb5f5d88a2e0136d2017b952",
+        url_sha256="fe19a57e382bd35009f5552eec4f94254fab9b6834e74ea7525f219cac559ae2", url_size=7530255,
+        commit=_BC_COMMIT, path=_BC_PATH, sep="\t", tissue="breast cancer biopsy (layer 2)", species="Homo sapiens",
     ),
     "dlpfc_151673": DatasetSpec(
         name="Human DLPFC 10x Visium sample 151673 (top 5000 HVGs)",
@@ -418,25 +412,16 @@ def load_dataset(key: str, path=None, *, download: bool = True) -> AnnData:
     return _to_common_format(read_h5ad(source), spec, source)
 
 
+@_doc.dedent
 def mouse_olfactory_bulb(path=None, *, download: bool = True) -> AnnData:
     """Mouse olfactory bulb, replicate 11 of Ståhl et al. (2016): 262 spots x 16,218 genes (ST).
 
     The standard small example of SpatialDE and SPARK; spots are 100 µm wide on a 200 µm grid and their
-    coordinates are ST array positions (about 1 unit apart). When absent locally, the count table
-    ``Analysis/MouseOB/data/Rep11_MOB_0.csv`` of Teichlab/SpatialDE is downloaded, checked against its
-    sha256 and cached.
+    coordinates are ST array positions (about 1 unit apart). The file is ``stahl2016_mob_rep11.h5ad``; when it
+    is absent locally, the count table ``Analysis/MouseOB/data/Rep11_MOB_0.csv`` of Teichlab/SpatialDE is
+    downloaded, checked against its sha256 and cached.
 
-    Parameters
-    ----------
-    path
-        The ``.h5ad`` file, or a directory holding ``stahl2016_mob_rep11.h5ad``. ``None`` searches the
-        ``STMCDI_DATA_DIR`` directory and the cache (``~/.cache/stmcdi``), then downloads.
-    download
-        Whether to download when the file is found nowhere.
-
-    Returns
-    -------
-    AnnData with raw counts in ``X`` (CSR float32) and coordinates in ``obsm["spatial"]``.
+    %(stahl_parameters_returns)s
 
     Examples
     --------
@@ -448,30 +433,22 @@ def mouse_olfactory_bulb(path=None, *, download: bool = True) -> AnnData:
     return load_dataset("mouse_olfactory_bulb", path, download=download)
 
 
+@_doc.dedent
 def breast_cancer_layer2(path=None, *, download: bool = True) -> AnnData:
     """Human breast cancer biopsy, layer 2 of Ståhl et al. (2016): 251 spots x 14,789 genes (ST).
 
-    When absent locally, the count table ``Analysis/BreastCancer/data/Layer2_BC_count_matrix-1.tsv`` of
-    Teichlab/SpatialDE is downloaded, checked against its sha256 and cached. (The stmcdi reference file was
-    built from the copy of the same data in the SPARK R package; the two were not byte-compared, so a
-    converted download may differ in details, e.g. the gene count.)
+    The file is ``stahl2016_breast_cancer_layer2.h5ad``; when it is absent locally, the count table
+    ``Analysis/BreastCancer/data/Layer2_BC_count_matrix-1.tsv`` of Teichlab/SpatialDE is downloaded, checked
+    against its sha256 and cached. (The stmcdi reference file was built from the copy of the same data in the
+    SPARK R package; the two were not byte-compared, so a converted download may differ in details, e.g. the
+    gene count.)
 
-    Parameters
-    ----------
-    path
-        The ``.h5ad`` file, or a directory holding ``stahl2016_breast_cancer_layer2.h5ad``. ``None`` searches
-        the ``STMCDI_DATA_DIR`` directory and the cache (``~/.cache/stmcdi``), then downloads.
-    download
-        Whether to download when the file is found nowhere.
-
-    Returns
-    -------
-    AnnData with raw counts in ``X`` (CSR float32) and coordinates in ``obsm["spatial"]``.
+    %(stahl_parameters_returns)s
 
     Examples
     --------
     >>> import stmcdi
-    >>> adata = stmcdi.datasets.breast_cancer_layer2()  # doctest: +SKIP
+    >>> adata = stmcdi.datasets.breast_cancer_layer2("~/data", download=False)  # doctest: +SKIP
     >>> adata.shape  # doctest: +SKIP
     (251, 14789)
     """

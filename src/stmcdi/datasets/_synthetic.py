@@ -126,15 +126,8 @@ def _programmes(coords: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return (fields - fields.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
 
 
-def synthetic(
-    n_spots: int = 600,
-    n_genes: int = 200,
-    *,
-    n_domains: int = 4,
-    depth: float = 2000.0,
-    dispersion: float = 5.0,
-    seed: int = 0,
-) -> AnnData:
+def synthetic(n_spots: int = 600, n_genes: int = 200, *, n_domains: int = 4, depth: float = 2000.0,
+              dispersion: float = 5.0, seed: int = 0) -> AnnData:
     """Simulate a small spatial transcriptomics section with domains, markers and smooth gradients.
 
     Spots lie on a hexagonal lattice (Visium-like, nearest-neighbour distance 1). The section is split into

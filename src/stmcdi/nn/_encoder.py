@@ -84,15 +84,8 @@ class SpatialEncoder(nn.Module):
     torch.Size([4, 8])
     """
 
-    def __init__(
-        self,
-        n_input: int,
-        n_hidden: int = 128,
-        n_output: int = 64,
-        n_layers: int = 3,
-        conv: EncoderType = "gcn",
-        dropout: float = 0.0,
-    ):
+    def __init__(self, n_input: int, n_hidden: int = 128, n_output: int = 64, n_layers: int = 3,
+                 conv: EncoderType = "gcn", dropout: float = 0.0):
         super().__init__()
         if conv not in ("gcn", "gat", "gin", "mlp"):
             raise ValueError(f"conv must be one of 'gcn', 'gat', 'gin', 'mlp'; got {conv!r}.")

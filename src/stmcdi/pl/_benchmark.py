@@ -18,7 +18,9 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from scipy.cluster.hierarchy import leaves_list, linkage
 
-from ._spatial import _EXPRESSION_LABEL, _MISSING_FACE, _as_list, _finish
+from stmcdi._validation import check_number
+
+from ._spatial import _EXPRESSION_LABEL, _MISSING_FACE, _as_list, _doc, _finish
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +63,7 @@ def _select(values: Sequence[str] | str | None, available: list[str], what: str)
     return list(dict.fromkeys(chosen))
 
 
+@_doc.dedent
 def benchmark(
     results: pd.DataFrame,
     *,
@@ -102,17 +105,7 @@ def benchmark(
         ``None`` or not in ``results``.
     ax
         Axes to draw into. Default: a new figure.
-    show
-        Whether to call :func:`matplotlib.pyplot.show`. Default: only in interactive sessions
-        (:func:`matplotlib.pyplot.isinteractive`).
-    save
-        File to write the figure to; the format follows the extension (any format matplotlib supports).
-    return_fig
-        Whether to return the figure.
-
-    Returns
-    -------
-    The :class:`~matplotlib.figure.Figure` if ``return_fig``, else ``None``.
+    %(figure_output)s
 
     Examples
     --------
@@ -275,6 +268,7 @@ def _cluster_order(filled: np.ndarray) -> np.ndarray:
     return leaves_list(linkage(filled, method="average", metric="euclidean"))
 
 
+@_doc.dedent
 def heatmap(
     held_out,
     predictions: Mapping[str, np.ndarray],
@@ -314,24 +308,13 @@ def heatmap(
         Matplotlib colormap name.
     figsize
         Figure size in inches. Default: from the numbers of genes, spots and panels.
-    show
-        Whether to call :func:`matplotlib.pyplot.show`. Default: only in interactive sessions
-        (:func:`matplotlib.pyplot.isinteractive`).
-    save
-        File to write the figure to; the format follows the extension (any format matplotlib supports).
-    return_fig
-        Whether to return the figure.
-
-    Returns
-    -------
-    The :class:`~matplotlib.figure.Figure` if ``return_fig``, else ``None``.
+    %(figure_output)s
 
     Examples
     --------
     >>> import stmcdi
     >>> from stmcdi.benchmark import BASELINES, hold_out
-    >>> adata = stmcdi.datasets.synthetic(n_spots=80, n_genes=20)
-    >>> held = hold_out(adata, "entries", 0.2, seed=0)
+    >>> held = hold_out(stmcdi.datasets.synthetic(n_spots=80, n_genes=20), "entries", 0.2, seed=0)
     >>> predictions = {name: BASELINES[name](held.adata, seed=0) for name in ("gene_mean", "spatial_knn")}
     >>> fig = stmcdi.pl.heatmap(held, predictions, n_genes=10, show=False, return_fig=True)
     >>> [ax.get_title() for ax in fig.axes if ax.get_label() != "<colorbar>"]
@@ -348,11 +331,9 @@ def heatmap(
             "`predictions` must be a non-empty dict name -> dense (n_obs, n_vars) imputation, e.g. "
             "{'gene_mean': BASELINES['gene_mean'](held.adata)}."
         )
-    for name, value in (("n_genes", n_genes), ("n_spots", n_spots)):
-        if value is None and name == "n_spots":
-            continue
-        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-            raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+    check_number(n_genes, "n_genes", integer=True, low=1)
+    if n_spots is not None:
+        check_number(n_spots, "n_spots", integer=True, low=1)
 
     mask = sp.csr_matrix(held_out.mask)
     shape = mask.shape

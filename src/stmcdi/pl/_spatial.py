@@ -10,6 +10,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import scipy.sparse as sp
 from anndata import AnnData
+from docrep import DocstringProcessor
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
@@ -17,7 +18,7 @@ from matplotlib.lines import Line2D
 from scipy.spatial import cKDTree
 
 from stmcdi._constants import KEYS
-from stmcdi._validation import get_coordinates
+from stmcdi._validation import check_number, get_coordinates
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +27,21 @@ _MISSING_EDGE = "0.35"
 _FILLED_EDGE = "black"
 _EXPRESSION_LABEL = "log-normalised expression"
 _SPREAD_LABEL = "sd"
+
+#: Text shared by the plotting functions: their last three parameters and the Returns section.
+_doc = DocstringProcessor(
+    figure_output="""show
+    Whether to call :func:`matplotlib.pyplot.show`. Default: only in interactive sessions
+    (:func:`matplotlib.pyplot.isinteractive`).
+save
+    File to write the figure to; the format follows the extension (any format matplotlib supports).
+return_fig
+    Whether to return the figure.
+
+Returns
+-------
+The :class:`~matplotlib.figure.Figure` if ``return_fig``, else ``None``.""",
+)
 
 
 def _finish(fig: Figure, *, show: bool | None, save: str | Path | None, return_fig: bool, what: str) -> Figure | None:
@@ -99,6 +115,7 @@ def _default_size(coords: np.ndarray, map_width_in: float = 2.7) -> float:
     return float(np.clip(diameter_pt**2, 0.5, 400.0))
 
 
+@_doc.dedent
 def imputation(
     adata: AnnData,
     genes: str | Sequence[str],
@@ -141,17 +158,7 @@ def imputation(
     ncols
         Panels per row. Default: the number of layers (one row per gene); a smaller value wraps the panels,
         which stay in gene-then-layer order.
-    show
-        Whether to call :func:`matplotlib.pyplot.show`. Default: only in interactive sessions
-        (:func:`matplotlib.pyplot.isinteractive`).
-    save
-        File to write the figure to; the format follows the extension (any format matplotlib supports).
-    return_fig
-        Whether to return the figure.
-
-    Returns
-    -------
-    The :class:`~matplotlib.figure.Figure` if ``return_fig``, else ``None``.
+    %(figure_output)s
 
     Examples
     --------
@@ -182,10 +189,10 @@ def imputation(
         missing_layer = KEYS.LOGNORM if KEYS.LOGNORM in adata.layers else None
     else:
         _check_layer(adata, missing_layer, "missing_layer")
-    if ncols is not None and (not isinstance(ncols, int | np.integer) or ncols < 1):
-        raise ValueError(f"`ncols` must be a positive integer, got {ncols!r}.")
-    if size is not None and not (np.isfinite(size) and size > 0):
-        raise ValueError(f"`size` must be a positive number, got {size!r}.")
+    if ncols is not None:
+        check_number(ncols, "ncols", integer=True, low=1)
+    if size is not None:
+        check_number(size, "size", low=0, low_open=True)
 
     coords = get_coordinates(adata, spatial_key)[:, :2]
     n_obs = adata.n_obs
