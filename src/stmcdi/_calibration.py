@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import numpy as np
 import scipy.sparse as sp
@@ -235,6 +236,7 @@ def calibrate(model, *, n_samples: int = 10, sampler: str = "ddim", level: float
     spots = np.unique(rows)
     rng = np.random.default_rng([int(seed), 0x5B8EAD])
     spread_spots = set(rng.permutation(spots)[: max(1, SPREAD_ENTRIES * spots.size // max(rows.size, 1))].tolist())
+    t0 = time.perf_counter()
     loader = neighborhood_loader(manager, model.module.n_hops, indices=spots, batch_size=model._batch_size_impute(),
                                  missing=held, fill=held, n_expression_neighbors=model.n_expression_neighbors)
     gen = torch.Generator().manual_seed(int(seed))
@@ -258,6 +260,7 @@ def calibrate(model, *, n_samples: int = 10, sampler: str = "ddim", level: float
             in_draw = sel[take[where[rows[sel]]]]
             draws.append(samples.float().cpu().numpy()[:, where[rows[in_draw]], cols[in_draw]])
             draw_pos.append(in_draw)
+    t1 = time.perf_counter()
     stack = fit_stack(x, held, spatial_neighbours(model.adata, model.registry_["setup_args"]["spatial_key"]),
                       {"network": network}, seed=int(seed))
     held_counts = np.asarray(sp.csr_matrix(counts)[rows, cols], dtype=np.float64).ravel()
@@ -271,8 +274,9 @@ def calibrate(model, *, n_samples: int = 10, sampler: str = "ddim", level: float
         s, cov, unscaled = _choose_spread_scale(x[rows[pos], cols[pos]], stack.fitted[pos],
                                                 np.concatenate(draws, axis=1), level)
         record.update({"spread_scale": s, "coverage": cov, "coverage_unscaled": unscaled})
-    logger.info("Read-out fitted on %d held-back entries: weights %s; spread scale %.2f.", rows.size,
-                dict(zip(stack.names, np.round(stack.weights, 3))), record["spread_scale"])
+    logger.info("Read-out fitted on %d held-back entries (network pass %.0f s, classical estimates and stack %.0f s): "
+                "weights %s; spread scale %.2f; zero dispersion %.3g.", rows.size, t1 - t0, time.perf_counter() - t1,
+                {k: round(float(w), 3) for k, w in zip(stack.names, stack.weights)}, record["spread_scale"], phi)
     return record
 
 

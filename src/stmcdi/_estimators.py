@@ -33,7 +33,7 @@ SOFT_IMPUTE_FRACTIONS = (0.5, 0.35, 0.25, 0.18, 0.12, 0.08, 0.05, 0.03)
 #: tissue neighbourhoods averaged by the spatial components: the nearest ring and about two rings of spots
 SPATIAL_KS = (6, 18)
 #: most spots soft-impute is tuned on (the held-back spots and others at random); the final fit uses every spot
-TUNE_SPOTS = 4096
+TUNE_SPOTS = 2048
 #: second word of the seed of the held-back draw, so that it does not share a stream with a hold-out split
 _HELD_BACK_STREAM = 0x5CA1E
 
@@ -247,7 +247,7 @@ class LowRank(Estimate):
     name = "soft_impute"
 
     def __init__(self, x: np.ndarray, rank: int, fraction: float, *, seed: int = 0, start: LowRank | None = None,
-                 max_iter: int = 100, tol: float = 1e-6):
+                 max_iter: int = 100, tol: float = 1e-4):
         from sklearn.utils.extmath import randomized_svd
 
         self.shape = x.shape

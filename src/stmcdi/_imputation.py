@@ -80,6 +80,7 @@ def run_imputation(model, adata: AnnData, *, target, readout, n_samples, sampler
         raise ValueError(nothing_to_fill_message(*adata.shape))
     _check_memory(adata.n_obs, cols.size, 2 + (n_samples if return_samples else 0))
 
+    t_start = time.perf_counter()
     estimates = None
     # the classical estimates are needed where they carry weight, and for the gene mean when nothing does
     if stack is not None and (any(w > 0 and n != "network" for n, w in zip(stack.names, stack.weights))
@@ -87,6 +88,7 @@ def run_imputation(model, adata: AnnData, *, target, readout, n_samples, sampler
         spatial = spatial_neighbours(adata, model.registry_["setup_args"]["spatial_key"])
         # the classical estimates are seeded as when the read-out was fitted: the sampling seed moves only samples
         estimates = classical_estimates(x, spatial, stack.params, int(model.readout_.get("seed", 0)))
+    t_classical = time.perf_counter() - t_start
     scale = float(model.readout_["spread_scale"]) if model.readout_ else 1.0
     phi = float(model.readout_.get("zero_dispersion", 0.0)) if stack is not None else 0.0
     target_sum = float(model.module.target_sum)
@@ -132,6 +134,8 @@ def run_imputation(model, adata: AnnData, *, target, readout, n_samples, sampler
             if time.perf_counter() - last > _LOG_EVERY:
                 last = time.perf_counter()
                 logger.info("Imputed %d of %d spot passes (%.0f s).", done, adata.n_obs * (1 + zeros), last - t0)
+    logger.info("Imputed %d entries of %d spots in %.0f s (classical estimates %.0f s).", int(fill.sum()), adata.n_obs,
+                time.perf_counter() - t_start, t_classical)
     record = {"layer": layer_added, "target": target if isinstance(target, str) else "array", "readout": readout,
               "n_samples": int(n_samples), "sampler": sampler, "seed": seed, "spread_scale": scale,
               "n_filled": int(fill.sum()), "stack": model.readout_["stack"] if stack is not None else None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import time
 import warnings
 from collections.abc import Sequence
 from typing import Literal
@@ -33,8 +34,8 @@ from .pp._normalize import log_normalize
 
 logger = logging.getLogger(__name__)
 
-#: reverse-diffusion samples per spot of :meth:`STMCDI.impute` (they give the spread only)
-N_SAMPLES = 10
+#: reverse-diffusion samples per spot of :meth:`STMCDI.impute` (they give the spread only, and most of its cost)
+N_SAMPLES = 5
 #: most optimizer steps of a default training run (early stopping ends it sooner)
 MAX_STEPS = 3000
 #: optimizer steps between two checks of the held-back entries, checks without improvement before stopping, and
@@ -387,12 +388,15 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
             "target_sampler": functools.partial(draw_targets, mask_strategy=self.module.mask_strategy,
                                                 mask_ratio=self.module.mask_ratio),
         }
+        t_fit = time.perf_counter()
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
             warnings.filterwarnings("ignore", message=".*Last batch will have a small size.*")
             super().train(max_epochs=max_epochs, accelerator=accelerator, devices=devices, train_size=1.0,
                           batch_size=batch_size, early_stopping=False, datasplitter_kwargs=datasplitter_kwargs,
                           plan_kwargs=plan_kwargs, callbacks=callbacks, **trainer_kwargs)
+        logger.info("Trained %d steps in %.0f s.", self.trainer.global_step if getattr(self, "trainer", None) else -1,
+                    time.perf_counter() - t_fit)
         if best.state is not None:
             self.module.load_state_dict(best.state)
             logger.info("Kept the weights of step %d (held-back error %.4f).", best.best_step, best.best_score)
@@ -441,7 +445,8 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
         readout
             ``"ensemble"`` (default) or ``"network"``: the network's one-pass estimate alone.
         n_samples
-            Reverse-diffusion samples per spot for the spread; ``0`` draws none and writes no ``_std`` layer.
+            Reverse-diffusion samples per spot for the spread (default 5; they are most of the cost of imputing);
+            ``0`` draws none and writes no ``_std`` layer.
         sampler
             ``"ddim"`` (10 deterministic steps) or ``"ddpm"`` (the paper's ancestral sampler, every step).
         genes
