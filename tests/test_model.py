@@ -286,3 +286,13 @@ def test_end_to_end_beats_the_gene_mean_on_synthetic():
     gm = stmcdi.benchmark.score(held, stmcdi.benchmark.BASELINES["gene_mean"](held.adata))
     sm = stmcdi.benchmark.score(held, stmcdi.benchmark.BASELINES["spot_mean"](held.adata))
     assert ours["rmse"] < gm["rmse"] and ours["pcc"] > gm["pcc"] and ours["per_gene_pcc"] > sm["per_gene_pcc"]
+
+
+def test_a_model_saved_by_the_former_read_out_is_refused_with_a_message():
+    from pathlib import Path
+
+    saved = Path(__file__).parent / "data" / "model_before_stacked_readout"  # trained and saved by commit a85d36a
+    adata = stmcdi.datasets.synthetic(n_spots=60, n_genes=12, seed=0)
+    a = stmcdi.benchmark.hold_out(adata, "entries", 0.1, seed=0).adata
+    with pytest.raises(ValueError, match="earlier version of stmcdi.*Train it again"):
+        STMCDI.load(str(saved), adata=a)
