@@ -215,7 +215,7 @@ def calibrate(model, *, n_samples: int = 10, sampler: str = "ddim", level: float
     """Fit the read-out of a trained model on its held-back entries (``model.held_back_``).
 
     The network predicts every held-back entry from everything else the model saw; the classical estimates are
-    tuned and computed without those entries; :func:`~stmcdi._estimators.fit_stack` weighs them all. The spread
+    tuned and computed without those entries; :func:`~stmcdi._stack.fit_stack` weighs them all. The spread
     scale is then chosen on up to ``SPREAD_ENTRIES`` of the entries, around the stacked estimate.
 
     Returns
@@ -281,6 +281,6 @@ def calibrate(model, *, n_samples: int = 10, sampler: str = "ddim", level: float
 
 
 def stack_of(model) -> Stack | None:
-    """The model's fitted :class:`~stmcdi._estimators.Stack`, or ``None`` before calibration."""
+    """The model's fitted :class:`~stmcdi._stack.Stack`, or ``None`` before calibration."""
     record = getattr(model, "readout_", None)
     return None if record is None else Stack.from_dict(record["stack"])

@@ -305,7 +305,8 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
         ``CHECK_STEPS`` (50) optimizer steps the network predicts them; training stops when that error has not
         improved by 0.25% for 5 checks (and not before three horizons of the weight average, 600 steps at the
         default decay), and the weights of the best check are kept. Then the read-out is fitted on the
-        same entries (:func:`stmcdi._calibration.calibrate`): the weights of the stack and the spread scale.
+        same entries (see the docs page "Method"): the weights of the stack, the zero dispersion and the spread
+        scale, stored in ``model.readout_``.
 
         Parameters
         ----------
