@@ -115,7 +115,7 @@ def test_train_impute_writes_layers_keeps_observed_and_records_how():
 
 def test_the_ensemble_is_the_weighted_sum_of_its_estimates():
     from stmcdi._calibration import spatial_neighbours, stack_of
-    from stmcdi._estimators import classical_estimates
+    from stmcdi._stack import classical_estimates
 
     _, held = held_out()
     a = held.adata

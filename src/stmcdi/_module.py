@@ -64,7 +64,7 @@ class STMCDIModule(ReverseDiffusion, BaseModuleClass):
         range drawn per spot.
     mask_strategy
         ``"entries"``, ``"nonzero"`` (the dropout question: what a zero would read had it been detected),
-        ``"spots"`` or ``"genes"`` (see :func:`draw_targets`).
+        ``"spots"`` or ``"genes"`` (see ``stmcdi._targets.draw_targets``).
     input_mask, representation_mask_ratio
         Hide targets from the encoder (the paper's first mask; ``False`` is an ablation that leaks targets), and
         the fraction of :math:`\hat x` entries zeroed in training (the paper's second mask).
@@ -74,8 +74,8 @@ class STMCDIModule(ReverseDiffusion, BaseModuleClass):
         Diffuse the residual :math:`x - \hat x` (read-out detached) instead of :math:`x`; dropout in the encoder.
     objective, point_fraction
         ``"diffusion"`` (stMCDI), ``"mae"`` (the masked-autoencoder control: one pass, no noise) or ``"hybrid"``
-        (both tasks in one network, ``point_fraction`` of a batch's spots on the one-pass task: :meth:`predict`
-        gives the one-pass estimate and :meth:`sample` the diffusion samples).
+        (both tasks in one network, ``point_fraction`` of a batch's spots on the one-pass task: ``predict``
+        gives the one-pass estimate and ``sample`` the diffusion samples).
     spot_features, spot_feature_stats
         Give the network three summaries of each spot's visible entries (:meth:`spot_summary`), standardised with
         ``(mean, sd)`` over the spots; a small MLP turns them into an offset shared by the spot's genes.
@@ -276,7 +276,7 @@ class STMCDIModule(ReverseDiffusion, BaseModuleClass):
 
     def sample_targets(self, observed: torch.Tensor, generator: torch.Generator | None = None,
                        nonzero: torch.Tensor | None = None) -> torch.Tensor:
-        """Draw the training targets among the observed entries (:func:`~stmcdi._targets.draw_targets`).
+        """Draw the training targets among the observed entries (``stmcdi._targets.draw_targets``).
 
         Parameters
         ----------
@@ -487,7 +487,7 @@ class STMCDIModule(ReverseDiffusion, BaseModuleClass):
         return dict(inference_outputs)
 
     def denoise(self, x_t, t, x, target, cond, z, x_hat, context, profile=None) -> torch.Tensor:
-        """Predicted noise at every entry (:class:`~stmcdi.nn.GeneDenoiser` on the outputs of :meth:`inference`).
+        """Predicted noise at every entry (:class:`~stmcdi.nn.GeneDenoiser` on the outputs of ``inference``).
 
         Parameters
         ----------
@@ -496,7 +496,7 @@ class STMCDIModule(ReverseDiffusion, BaseModuleClass):
         t
             int64 ``(B,)`` diffusion steps.
         x, target, cond, z, x_hat, context, profile
-            Outputs of :meth:`inference` (``z`` is its ``"z_in"``; ``target`` as a float indicator).
+            Outputs of ``inference`` (``z`` is its ``"z_in"``; ``target`` as a float indicator).
 
         Returns
         -------
@@ -521,11 +521,11 @@ class STMCDIModule(ReverseDiffusion, BaseModuleClass):
         Parameters
         ----------
         x, target, cond, z_in, x_hat, base, context, profile
-            Outputs of :meth:`inference`.
+            Outputs of ``inference``.
         generator
             Random generator of the steps and the noise (``None``: torch's global one).
         **kwargs
-            The other outputs of :meth:`inference` (ignored).
+            The other outputs of ``inference`` (ignored).
 
         Returns
         -------
@@ -566,7 +566,7 @@ class STMCDIModule(ReverseDiffusion, BaseModuleClass):
         tensors
             The batch (unused).
         inference_outputs, generative_outputs
-            Outputs of :meth:`inference` and :meth:`generative`.
+            Outputs of ``inference`` and ``generative``.
 
         Returns
         -------

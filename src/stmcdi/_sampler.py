@@ -23,7 +23,7 @@ class ReverseDiffusion:
 
     def _encode_to_fill(self, counts, library, edge_index, n_seed, target, expression_counts, expression_library,
                         summarise_targets=True):
-        """:meth:`inference` at imputation: the NaN entries are filled unless ``target`` is given."""
+        """``inference`` at imputation: the NaN entries are filled unless ``target`` is given."""
         summarise = None
         if target is None:
             target = torch.isnan(counts[:n_seed])

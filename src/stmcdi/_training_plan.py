@@ -208,7 +208,7 @@ class DiffusionTrainingPlan(TrainingPlan):
         """Squared error of the one-pass estimate at the held-back entries (logged as ``validation_mse``).
 
         The batch's ``target`` entries are entries held back from training
-        (:class:`~stmcdi._data.NeighborhoodDataSplitter`); the error is on the log-normalised scale, averaged
+        (``NeighborhoodDataSplitter``); the error is on the log-normalised scale, averaged
         over the epoch's entries. A module trained with ``objective="diffusion"`` has no one-pass estimate; it
         logs the noise-prediction loss with targets, steps and noise drawn from a generator seeded by the batch
         index instead (``validation_loss``). Lightning calls it.

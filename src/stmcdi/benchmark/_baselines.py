@@ -106,7 +106,7 @@ def expression_knn(x, n_neighbors: int = 10, n_pcs: int = 30, seed: int = 0) -> 
     """Fill missing entries from the nearest spots in expression space (the paper's "KNN" baseline).
 
     Spots are compared in the principal components of the standardised, mean-filled matrix
-    (:class:`~stmcdi._estimators.ExpressionNeighbours`); a missing entry becomes the gene's mean over the
+    (``stmcdi._estimators.ExpressionNeighbours``); a missing entry becomes the gene's mean over the
     spot's ``n_neighbors`` nearest spots where it is observed (the gene mean where it is observed in none).
 
     Parameters

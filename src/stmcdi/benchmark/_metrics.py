@@ -196,12 +196,12 @@ def per_gene_pcc(truth, pred, mask, min_entries: int = 10) -> np.ndarray:
 
 
 def per_spot_pcc(truth, pred, mask, min_entries: int = 10) -> np.ndarray:
-    """Pearson correlation per spot over that spot's scored entries: :func:`per_gene_pcc` along the rows.
+    """Pearson correlation per spot over that spot's scored entries: :func:`~stmcdi.benchmark.per_gene_pcc` along the rows.
 
     Parameters
     ----------
     truth, pred, mask
-        As in :func:`per_gene_pcc`.
+        As in :func:`~stmcdi.benchmark.per_gene_pcc`.
     min_entries
         Spots with fewer scored entries get NaN.
 
