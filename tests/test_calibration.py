@@ -3,7 +3,14 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from stmcdi._calibration import BestWeights, _choose_spread_scale, lognormal_at, spatial_neighbours
+from stmcdi._calibration import (
+    BestWeights,
+    _choose_spread_scale,
+    lognormal_at,
+    scale_for,
+    spatial_neighbours,
+    spread_sd,
+)
 
 
 def test_choose_spread_scale_is_the_smallest_covering_scale_around_the_given_centre():
@@ -65,3 +72,20 @@ def test_spatial_neighbours_keep_sections_apart():
     assert table.shape == (60, 18)
     assert (table[:30] < 30).all() and (table[30:] >= 30).all()
     assert isinstance(adata, ad.AnnData) and "spatial_nn" in adata.obsm
+
+
+def test_a_scale_chosen_with_five_draws_holds_with_fifty():
+    rng = np.random.default_rng(1)
+    n = 6000
+    truth = 5.0 + 2.0 * rng.standard_normal(n)
+    centre = np.full(n, 5.0)
+    scale, coverage, _ = _choose_spread_scale(truth, centre, rng.standard_normal((5, n)))
+    assert coverage >= 0.9
+    dev = rng.standard_normal((50, n))
+    dev -= dev.mean(axis=0)
+    readout = {"spread_scale": scale, "n_samples": 5, "level": 0.9}
+    assert scale_for(readout, 5) == scale and scale_for(None, 50) == 1.0
+    sd = spread_sd(centre[None, :], dev, scale_for(readout, 50))
+    held = np.mean(np.abs(truth - centre) <= 1.645 * sd)
+    assert 0.88 <= held <= 0.93  # 90% again, where the five-draw scale itself would cover about 96%
+    assert np.mean(np.abs(truth - centre) <= 1.645 * spread_sd(centre[None, :], dev, scale)) > 0.94

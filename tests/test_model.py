@@ -107,7 +107,9 @@ def test_train_impute_writes_layers_keeps_observed_and_records_how():
     record = a.uns["stmcdi"]["impute"]
     assert record["target"] == "missing" and record["readout"] == "ensemble" and record["n_samples"] == 3
     assert record["seed"] == 0 and record["n_filled"] == int((~observed).sum()) and record["version"]
-    assert record["spread_scale"] == model.readout_["spread_scale"]
+    from stmcdi._calibration import scale_for
+
+    assert record["spread_scale"] == scale_for(model.readout_, 3)  # the scale converted to 3 samples
     model.impute(n_samples=0, layer_added="point")
     assert "point_std" not in a.layers
     np.testing.assert_array_equal(a.layers["point"], imp)

@@ -176,10 +176,39 @@ def lognormal_at(counts, hidden: sp.spmatrix, target_sum: float) -> np.ndarray:
     return np.log1p(c, out=c)  # NaN stays NaN
 
 
-def _choose_spread_scale(truth, centre, draws, level: float = 0.9, grid=SPREAD_GRID) -> tuple[float, float, float]:
-    """Smallest scale ``s`` whose central ``level`` interval of ``max(0, centre + s (d - mean(d)))`` covers ``level``.
+def spread_sd(centre, deviations, scale: float) -> np.ndarray:
+    """Standard deviation of the samples ``max(0, centre + scale * deviations)`` (``ddof=1``): ``imputed_std``.
 
-    Returns ``(scale, coverage at that scale, coverage at scale 1)``.
+    The sample standard deviation with ``ddof=1`` estimates the same quantity at any number of samples, so a scale
+    chosen with a few samples holds with more.
+    """
+    d = np.maximum(centre + scale * deviations, 0.0)
+    return d.std(axis=0, ddof=1 if d.shape[0] > 1 else 0)
+
+
+def scale_for(readout: dict | None, n_samples: int) -> float:
+    """The spread scale of ``readout`` (chosen with ``readout["n_samples"]`` draws) for ``n_samples`` draws.
+
+    A standard deviation from ``k`` draws is noisy: the interval ``estimate ± z sd`` that covered ``level`` with
+    ``k`` draws is a Student-t interval with ``k - 1`` degrees of freedom. With ``n`` draws the same coverage
+    needs the scale times ``t(n - 1) / t(k - 1)`` (the ratio of the t quantiles; exact for Gaussian deviations).
+    """
+    from scipy.stats import t
+
+    if not readout:
+        return 1.0
+    scale, k = float(readout["spread_scale"]), int(readout.get("n_samples", n_samples))
+    if k < 2 or n_samples < 2 or k == n_samples:
+        return scale
+    q = (1.0 + float(readout.get("level", 0.9))) / 2.0
+    return scale * float(t.ppf(q, n_samples - 1) / t.ppf(q, k - 1))
+
+
+def _choose_spread_scale(truth, centre, draws, level: float = 0.9, grid=SPREAD_GRID) -> tuple[float, float, float]:
+    """Smallest scale ``s`` whose interval ``centre ± z sd`` covers ``level`` of ``truth``.
+
+    ``sd`` is :func:`spread_sd` of the draws' deviations from their mean, scaled by ``s``, and ``z`` the normal
+    quantile of ``level`` (1.645 at 90%). Returns ``(scale, coverage at that scale, coverage at scale 1)``.
 
     Examples
     --------
@@ -191,15 +220,16 @@ def _choose_spread_scale(truth, centre, draws, level: float = 0.9, grid=SPREAD_G
     >>> 1.8 <= scale <= 2.3, coverage >= 0.9, unscaled < 0.7
     (True, True, True)
     """
+    from scipy.stats import norm
+
     truth = np.asarray(truth, dtype=np.float64)
     dev = np.asarray(draws, dtype=np.float64)
     dev = dev - dev.mean(axis=0, keepdims=True)
-    centre = np.asarray(centre, dtype=np.float64)[None, :]
-    q = [(1.0 - level) / 2.0, (1.0 + level) / 2.0]
+    centre = np.asarray(centre, dtype=np.float64)
+    z = float(norm.ppf((1.0 + level) / 2.0))
 
     def cover(s: float) -> float:
-        lo, hi = np.quantile(np.maximum(centre + s * dev, 0.0), q, axis=0, method="weibull")
-        return float(np.mean((truth >= lo) & (truth <= hi)))
+        return float(np.mean(np.abs(truth - centre) <= z * spread_sd(centre[None, :], dev, s)))
 
     unscaled = cover(1.0)
     c = unscaled

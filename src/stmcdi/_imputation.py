@@ -11,7 +11,7 @@ import torch
 from anndata import AnnData
 from scvi import settings
 
-from ._calibration import spatial_neighbours, stack_of
+from ._calibration import scale_for, spatial_neighbours, spread_sd, stack_of
 from ._constants import BATCH_KEYS, KEYS
 from ._data import neighborhood_loader, registered_counts
 from ._stack import classical_estimates, combine, condition_on_zero
@@ -89,7 +89,7 @@ def run_imputation(model, adata: AnnData, *, target, readout, n_samples, sampler
         # the classical estimates are seeded as when the read-out was fitted: the sampling seed moves only samples
         estimates = classical_estimates(x, spatial, stack.params, int(model.readout_.get("seed", 0)))
     t_classical = time.perf_counter() - t_start
-    scale = float(model.readout_["spread_scale"]) if model.readout_ else 1.0
+    scale = scale_for(model.readout_, n_samples)
     phi = float(model.readout_.get("zero_dispersion", 0.0)) if stack is not None else 0.0
     target_sum = float(model.module.target_sum)
     mean = np.where(fill, np.float32(0), np.nan_to_num(x))[:, cols].astype(np.float32)
@@ -122,9 +122,10 @@ def run_imputation(model, adata: AnnData, *, target, readout, n_samples, sampler
             mean[rows] = block
             if draws is not None:
                 d = draws.float().cpu().numpy()[:, :, cols]
-                d = np.maximum(est[None][:, :, cols] + scale * (d - d.mean(axis=0, keepdims=True)), 0.0)
+                d = d - d.mean(axis=0, keepdims=True)
                 sd = std[rows]
-                sd[here] = d.std(axis=0)[here]
+                sd[here] = spread_sd(est[None][:, :, cols], d, scale)[here]
+                d = np.maximum(est[None][:, :, cols] + scale * d, 0.0)
                 std[rows] = sd
                 if samples is not None:
                     s = samples[:, rows]
