@@ -64,7 +64,10 @@ def run(csv: Path, sections: list[str], seeds: list[int], with_scvi: bool, data:
 
 
 def table(csv: Path) -> str:
-    """Mean over seeds per section, protocol and method; STMCDI against the best baseline, with the margin."""
+    """Mean over seeds per section, protocol and method; STMCDI against the best baseline, with the margin.
+
+    The per-gene PCC margin carries the standard deviation over seeds of the paired (same split) difference.
+    """
     df = pd.read_csv(csv)
     rows = []
     for (section, protocol), grp in df.groupby(["section", "protocol"], sort=False):
@@ -75,6 +78,7 @@ def table(csv: Path) -> str:
         s, net = mean.loc["stmcdi"], mean.loc["stmcdi:network"]
         paired = grp.pivot(index="seed", columns="method", values="per_gene_pcc")
         wins = int((paired["stmcdi"] > paired[best_pcc]).sum())
+        sd = float((paired["stmcdi"] - paired[best_pcc]).std(ddof=1)) if n > 1 else float("nan")
         dp, dr = s["per_gene_pcc"] - base.loc[best_pcc, "per_gene_pcc"], s["rmse"] - base.loc[best_rmse, "rmse"]
         rows.append({
             "section": section, "protocol": protocol, "seeds": n,
@@ -82,7 +86,7 @@ def table(csv: Path) -> str:
             "network alone": f"{net['per_gene_pcc']:.4f} / {net['rmse']:.4f}",
             "best baseline per-gene PCC": f"{best_pcc} {base.loc[best_pcc, 'per_gene_pcc']:.4f}",
             "best baseline RMSE": f"{best_rmse} {base.loc[best_rmse, 'rmse']:.4f}",
-            "STMCDI - best": f"{dp:+.4f} ({wins}/{n} seeds) / {dr:+.4f}",
+            "STMCDI - best": f"{dp:+.4f} ± {sd:.4f} ({wins}/{n} seeds) / {dr:+.4f}",
             "holds": "yes" if dp > 0 and dr <= 0 else "no",
             "seconds STMCDI / best": f"{s['seconds']:.0f} / {base.loc[best_pcc, 'seconds']:.0f}",
         })

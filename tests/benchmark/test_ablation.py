@@ -109,7 +109,7 @@ def test_hybrid_model_writes_the_one_pass_estimate_and_the_samples_spread():
     out = model.impute(n_samples=4, inplace=False, return_samples=True)
     miss = np.isnan(stmcdi.pp.normalize(a, copy=True))
     assert not np.allclose(out["mean"][miss], out["samples"].mean(0)[miss])  # not the samples' mean
-    np.testing.assert_allclose(out["std"][miss], out["samples"].std(0)[miss], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out["std"][miss], out["samples"].std(0, ddof=1)[miss], rtol=1e-4, atol=1e-5)
     # the mean is the module's one-pass prediction, spot by spot
     model.impute(n_samples=2, seed=9)
     np.testing.assert_allclose(a.layers["imputed"][miss], out["mean"][miss], rtol=1e-5, atol=1e-6)
