@@ -177,10 +177,9 @@ def lognormal_at(counts, hidden: sp.spmatrix, target_sum: float) -> np.ndarray:
 
 
 def spread_sd(centre, deviations, scale: float) -> np.ndarray:
-    """Standard deviation of the samples ``max(0, centre + scale * deviations)`` (``ddof=1``): ``imputed_std``.
+    """Standard deviation (``ddof=1``) of the samples ``max(0, centre + scale * deviations)``: ``imputed_std``.
 
-    The sample standard deviation with ``ddof=1`` estimates the same quantity at any number of samples, so a scale
-    chosen with a few samples holds with more.
+    ``deviations`` are the draws less their mean, ``(n_samples, ...)``; one draw gives 0.
     """
     d = np.maximum(centre + scale * deviations, 0.0)
     return d.std(axis=0, ddof=1 if d.shape[0] > 1 else 0)
