@@ -176,13 +176,9 @@ def lognormal_at(counts, hidden: sp.spmatrix, target_sum: float) -> np.ndarray:
     return np.log1p(c, out=c)  # NaN stays NaN
 
 
-def spread_sd(centre, deviations, scale: float) -> np.ndarray:
-    """Standard deviation (``ddof=1``) of the samples ``max(0, centre + scale * deviations)``: ``imputed_std``.
-
-    ``deviations`` are the draws less their mean, ``(n_samples, ...)``; one draw gives 0.
-    """
-    d = np.maximum(centre + scale * deviations, 0.0)
-    return d.std(axis=0, ddof=1 if d.shape[0] > 1 else 0)
+def spread_sd(samples: np.ndarray) -> np.ndarray:
+    """Standard deviation (``ddof=1``) over the first axis of the scaled samples: ``imputed_std``; one draw gives 0."""
+    return samples.std(axis=0, ddof=1 if samples.shape[0] > 1 else 0)
 
 
 def scale_for(readout: dict | None, n_samples: int) -> float:
@@ -228,7 +224,7 @@ def _choose_spread_scale(truth, centre, draws, level: float = 0.9, grid=SPREAD_G
     z = float(norm.ppf((1.0 + level) / 2.0))
 
     def cover(s: float) -> float:
-        return float(np.mean(np.abs(truth - centre) <= z * spread_sd(centre[None, :], dev, s)))
+        return float(np.mean(np.abs(truth - centre) <= z * spread_sd(np.maximum(centre[None, :] + s * dev, 0.0))))
 
     unscaled = cover(1.0)
     c = unscaled

@@ -122,10 +122,9 @@ def run_imputation(model, adata: AnnData, *, target, readout, n_samples, sampler
             mean[rows] = block
             if draws is not None:
                 d = draws.float().cpu().numpy()[:, :, cols]
-                d = d - d.mean(axis=0, keepdims=True)
+                d = np.maximum(est[None][:, :, cols] + scale * (d - d.mean(axis=0, keepdims=True)), 0.0)
                 sd = std[rows]
-                sd[here] = spread_sd(est[None][:, :, cols], d, scale)[here]
-                d = np.maximum(est[None][:, :, cols] + scale * d, 0.0)
+                sd[here] = spread_sd(d)[here]
                 std[rows] = sd
                 if samples is not None:
                     s = samples[:, rows]
