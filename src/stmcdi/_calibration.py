@@ -260,31 +260,20 @@ def calibrate(model, *, n_samples: int = 10, sampler: str = "ddim", level: float
     rows, cols = held.nonzero()
     spots = np.unique(rows)
     rng = np.random.default_rng([int(seed), 0x5B8EAD])
-    spread_spots = set(rng.permutation(spots)[: max(1, SPREAD_ENTRIES * spots.size // max(rows.size, 1))].tolist())
+    spread_spots = np.sort(rng.permutation(spots)[: max(1, SPREAD_ENTRIES * spots.size // max(rows.size, 1))])
     t0 = time.perf_counter()
-    loader = neighborhood_loader(manager, model.module.n_hops, indices=spots, batch_size=model._batch_size_impute(),
-                                 missing=held, fill=held, n_expression_neighbors=model.n_expression_neighbors)
     gen = torch.Generator().manual_seed(int(seed))
+    # the network's estimate at every held-back entry (one pass; samples only where they make the estimate)
     network = np.empty(rows.size, dtype=np.float64)
-    where = np.full(model.adata.n_obs, -1, dtype=np.int64)
+    n_est = n_samples if model.module.objective == "diffusion" else 0
+    for sel, est, _ in _held_back_passes(model, manager, spots, rows, n_est, sampler, gen):
+        network[sel] = est[sel]
+    # the samples of the spread, on a few spots only (they are the costly part)
     draws, draw_pos = [], []
-    model.module.eval()
-    for batch in loader:
-        seeds = batch[BATCH_KEYS.ROW].numpy()
-        take = np.isin(seeds, list(spread_spots))
-        est, samples = model.module.fill(
-            batch[BATCH_KEYS.COUNTS], batch[BATCH_KEYS.LIBRARY], batch[BATCH_KEYS.EDGE_INDEX], len(seeds),
-            n_samples=n_samples if take.any() or model.module.objective == "diffusion" else 0, sampler=sampler, generator=gen, target=batch[BATCH_KEYS.TARGET],
-            expression_counts=batch.get(BATCH_KEYS.EXPRESSION_COUNTS),
-            expression_library=batch.get(BATCH_KEYS.EXPRESSION_LIBRARY), summarise_targets=False)
-        where[:] = -1
-        where[seeds] = np.arange(seeds.size)
-        sel = np.flatnonzero(where[rows] >= 0)
-        network[sel] = est.float().cpu().numpy()[where[rows[sel]], cols[sel]]
-        if samples is not None and take.any():
-            in_draw = sel[take[where[rows[sel]]]]
-            draws.append(samples.float().cpu().numpy()[:, where[rows[in_draw]], cols[in_draw]])
-            draw_pos.append(in_draw)
+    if n_samples > 0:
+        for sel, _, samples in _held_back_passes(model, manager, spread_spots, rows, n_samples, sampler, gen):
+            draws.append(samples[:, sel])
+            draw_pos.append(sel)
     t1 = time.perf_counter()
     stack = fit_stack(x, held, spatial_neighbours(model.adata, model.registry_["setup_args"]["spatial_key"]),
                       {"network": network}, seed=int(seed))
@@ -303,6 +292,40 @@ def calibrate(model, *, n_samples: int = 10, sampler: str = "ddim", level: float
                 "weights %s; spread scale %.2f; zero dispersion %.3g.", rows.size, t1 - t0, time.perf_counter() - t1,
                 {k: round(float(w), 3) for k, w in zip(stack.names, stack.weights)}, record["spread_scale"], phi)
     return record
+
+
+def _held_back_passes(model, manager, spots, rows, n_samples, sampler, gen):
+    """Predict the held-back entries of ``spots`` batch by batch.
+
+    Yields ``(sel, est, samples)``: the positions ``sel`` in the held-back entries (``model.held_back_.nonzero()``)
+    of the batch's entries, and for every held-back entry an array where those positions hold the batch's
+    estimate (``est``) and its ``(n_samples, n)`` samples (``None`` without samples).
+    """
+    held = model.held_back_
+    cols = held.nonzero()[1]
+    where = np.full(model.adata.n_obs, -1, dtype=np.int64)
+    loader = neighborhood_loader(manager, model.module.n_hops, indices=spots,
+                                 batch_size=model._batch_size_impute(n_samples), missing=held, fill=held,
+                                 n_expression_neighbors=model.n_expression_neighbors)
+    model.module.eval()
+    for batch in loader:
+        seeds = batch[BATCH_KEYS.ROW].numpy()
+        est, samples = model.module.fill(
+            batch[BATCH_KEYS.COUNTS], batch[BATCH_KEYS.LIBRARY], batch[BATCH_KEYS.EDGE_INDEX], len(seeds),
+            n_samples=n_samples, sampler=sampler, generator=gen, target=batch[BATCH_KEYS.TARGET],
+            expression_counts=batch.get(BATCH_KEYS.EXPRESSION_COUNTS),
+            expression_library=batch.get(BATCH_KEYS.EXPRESSION_LIBRARY), summarise_targets=False)
+        where[:] = -1
+        where[seeds] = np.arange(seeds.size)
+        sel = np.flatnonzero(where[rows] >= 0)
+        local = where[rows[sel]]
+        full = np.zeros(rows.size, dtype=np.float64)
+        full[sel] = est.float().cpu().numpy()[local, cols[sel]]
+        drawn = None
+        if samples is not None:
+            drawn = np.zeros((samples.shape[0], rows.size), dtype=np.float32)
+            drawn[:, sel] = samples.float().cpu().numpy()[:, local, cols[sel]]
+        yield sel, full, drawn
 
 
 def stack_of(model) -> Stack | None:

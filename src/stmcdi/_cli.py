@@ -73,7 +73,7 @@ def _add_model_args(p: argparse.ArgumentParser, *, mask_strategy: bool = False) 
     g.add_argument("--accelerator", default="auto", help="'auto', 'cpu' or 'gpu' (default auto)")
     g.add_argument("--devices", type=_devices_arg, default="auto", help="devices (default auto: one GPU if present)")
     g.add_argument("--n-samples", type=_int_at_least(0), default=None,
-                   help="diffusion samples per spot for the spread (default 10; 0 writes no spread layer)")
+                   help="diffusion samples per spot for the spread layer imputed_std (default 0: none; 5 or more for a usable spread; demo: 5)")
     g.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim",
                    help="ddim (default, 10 deterministic steps) or ddpm (the paper's sampler, every step)")
     g.add_argument("--readout", choices=("ensemble", "network"), default="ensemble",
@@ -193,7 +193,7 @@ def cmd_demo(args) -> int:
     model = stmcdi.STMCDI(masked, **model_kw)
     t1 = time.perf_counter()
     _train(model, train_kw, masked.shape, args)
-    model.impute(seed=args.seed, **impute_kw)
+    model.impute(seed=args.seed, **{"n_samples": 5, **impute_kw})  # the figure shows the spread
     t_model = time.perf_counter() - t1
     results = {"stmcdi": (masked.layers["imputed"], t_model)}
     t2 = time.perf_counter()
@@ -217,7 +217,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_impute(args) -> int:
-    """Impute an .h5ad file and write the result with layers 'imputed' and 'imputed_std'."""
+    """Impute an .h5ad file and write the result with the layer 'imputed' (and 'imputed_std' with samples)."""
     from ._imputation import nothing_to_fill_message
 
     src = _io.check_input(args.input)
@@ -410,8 +410,8 @@ graph, train STMCDI and impute. Paths, counts and coordinates are checked before
 is written beside OUT and renamed into place on success, never over the input.
 
 output: OUT.h5ad, the input (restricted to the gene panel when --n-genes is set) with
-layers['imputed'] (log-normalised; observed entries unchanged), layers['imputed_std'] (spread of
-the samples) and uns['stmcdi']['impute'] (how it was made); with --save-model, the trained model
+layers['imputed'] (log-normalised; observed entries unchanged), with --n-samples N layers['imputed_std']
+(spread of N samples) and uns['stmcdi']['impute'] (how it was made); with --save-model, the trained model
 in that folder. Progress lines go to stderr (--quiet turns them off).""",
     "benchmark": """\
 Hide entries of an .h5ad with the chosen protocols and seeds (stmcdi.benchmark.hold_out), choose the

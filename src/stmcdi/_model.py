@@ -34,8 +34,9 @@ from .pp._normalize import log_normalize
 
 logger = logging.getLogger(__name__)
 
-#: reverse-diffusion samples per spot of :meth:`STMCDI.impute` (they give the spread only, and most of its cost)
-N_SAMPLES = 5
+#: reverse-diffusion samples per spot with which ``train`` fits the spread scale (``impute(n_samples=...)`` converts
+#: it to any other number of samples)
+SPREAD_SAMPLES = 5
 #: most optimizer steps of a default training run (early stopping ends it sooner)
 MAX_STEPS = 3000
 #: optimizer steps between two checks of the held-back entries, checks without improvement before stopping, and
@@ -57,7 +58,8 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
     spot's observed entries, a graph-convolutional encoding of its 5 nearest spots and its nearest spots in
     expression space. The written estimate stacks the network's one-pass estimate with classical estimates
     (gene mean, spot depth, tissue and expression neighbours, soft-impute), weighted on observed entries held
-    back from training; the spread comes from reverse-diffusion samples. Observed entries are never changed.
+    back from training; the spread (``impute(n_samples=5)``) comes from reverse-diffusion samples. Observed entries
+    are never changed.
 
     Parameters
     ----------
@@ -402,9 +404,9 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
             self.module.load_state_dict(best.state)
             logger.info("Kept the weights of step %d (held-back error %.4f).", best.best_step, best.best_score)
         self.module.eval()
-        self.readout_ = calibrate(self, n_samples=N_SAMPLES, seed=seed)
+        self.readout_ = calibrate(self, n_samples=SPREAD_SAMPLES, seed=seed)
 
-    def _batch_size_impute(self, n_samples: int = N_SAMPLES) -> int:
+    def _batch_size_impute(self, n_samples: int = 0) -> int:
         """Spots per imputation batch: memory and time grow with ``batch_size * max(n_samples, 1) * n_genes``."""
         budget = 640 if self.device.type != "cpu" else 160
         return max(1, budget // max(int(n_samples), 1))
@@ -417,7 +419,7 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
         *,
         target: Literal["missing", "zeros"] | np.ndarray | sp.spmatrix = "missing",
         readout: Literal["ensemble", "network"] = "ensemble",
-        n_samples: int = N_SAMPLES,
+        n_samples: int = 0,
         sampler: Literal["ddim", "ddpm"] = "ddim",
         genes: Sequence[str] | None = None,
         seed: int | None = None,
@@ -431,9 +433,10 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
         entries, scaled to the training median, ``log1p``). Observed entries keep their value; each entry to
         fill gets the stacked estimate (``readout="ensemble"``): the network's one-pass estimate and the
         classical estimates, weighted by non-negative least squares on entries held back from training
-        (``model.readout_["stack"]``). ``f"{layer_added}_std"`` gets the spread of ``n_samples`` reverse-diffusion
-        samples around that estimate, scaled so that their central 90% interval covered 90% of the held-back
-        entries.
+        (``model.readout_["stack"]``); it takes one network pass per spot. With ``n_samples > 0``,
+        ``f"{layer_added}_std"`` gets the spread of that many reverse-diffusion samples around the estimate, scaled
+        so that ``estimate ± 1.645 std`` covered 90% of the held-back entries; the samples cost about
+        ``10 * n_samples`` network passes per spot.
 
         Parameters
         ----------
@@ -446,8 +449,9 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
         readout
             ``"ensemble"`` (default) or ``"network"``: the network's one-pass estimate alone.
         n_samples
-            Reverse-diffusion samples per spot for the spread (default 5; they are most of the cost of imputing);
-            ``0`` draws none and writes no ``_std`` layer.
+            Reverse-diffusion samples per spot for the spread (``f"{layer_added}_std"``); the default ``0`` draws
+            none and writes the estimate alone. ``5`` or more gives a usable spread. A model trained with
+            ``objective="diffusion"`` estimates by sampling and needs ``n_samples >= 1``.
         sampler
             ``"ddim"`` (10 deterministic steps) or ``"ddpm"`` (the paper's ancestral sampler, every step).
         genes
@@ -470,6 +474,7 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
         --------
         >>> model.impute()  # doctest: +SKIP
         >>> adata.layers["imputed"]  # doctest: +SKIP
+        >>> model.impute(n_samples=5)  # also adata.layers["imputed_std"]  # doctest: +SKIP
         """
         from ._imputation import run_imputation
 

@@ -26,7 +26,7 @@ def stmcdi_method(
     impute_kwargs
         Arguments of :meth:`~stmcdi.STMCDI.impute` (its ``seed`` defaults to the split's seed).
     samples
-        Return the samples too, so that :func:`~stmcdi.benchmark.evaluate` scores CRPS and interval coverage.
+        Draw samples (5 unless ``impute_kwargs`` says otherwise) and return them too, so that :func:`~stmcdi.benchmark.evaluate` scores CRPS and interval coverage.
 
     Returns
     -------
@@ -47,6 +47,8 @@ def stmcdi_method(
     model_kwargs = dict(model_kwargs or {})
     train_kwargs = {"enable_progress_bar": False, **(train_kwargs or {})}
     impute_kwargs = dict(impute_kwargs or {})
+    if samples:
+        impute_kwargs.setdefault("n_samples", 5)
 
     def method(adata: AnnData, *, layer: str | None = None, seed: int = 0, target: str = "missing",
                nonzero: bool = False) -> dict:
