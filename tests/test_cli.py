@@ -75,6 +75,7 @@ def test_parser_defaults():
 
 def test_model_options_reach_the_model_and_impute():
     from stmcdi._cli import _model_kwargs
+    from stmcdi._io import UsageError
 
     model, train, impute = _model_kwargs(build_parser().parse_args(["impute", "x.h5ad", "-o", "y.h5ad"]))
     assert model == {"encoder": "gcn"} and impute == {"sampler": "ddim", "readout": "ensemble"}
@@ -86,6 +87,10 @@ def test_model_options_reach_the_model_and_impute():
     assert model == {"encoder": "gcn", "mask_strategy": "nonzero", "objective": "mae", "n_expression_neighbors": 0}
     assert impute == {"sampler": "ddpm", "readout": "network", "n_samples": 0}
     assert train["devices"] == 2 and train["enable_progress_bar"] is True
+    diffusion = ["impute", "x.h5ad", "-o", "y.h5ad", "--objective", "diffusion"]
+    assert _model_kwargs(build_parser().parse_args(diffusion))[2]["n_samples"] == 5  # it estimates by sampling
+    with pytest.raises(UsageError, match="--n-samples 1 or more"):
+        _model_kwargs(build_parser().parse_args([*diffusion, "--n-samples", "0"]))
     with pytest.raises(SystemExit):
         build_parser().parse_args(["impute", "x.h5ad", "-o", "y.h5ad", "--mask-strategy", "rows"])
     with pytest.raises(SystemExit):  # the benchmark tells every method about nonzero itself

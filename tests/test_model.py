@@ -298,3 +298,18 @@ def test_a_model_saved_by_the_former_read_out_is_refused_with_a_message():
     a = stmcdi.benchmark.hold_out(adata, "entries", 0.1, seed=0).adata
     with pytest.raises(ValueError, match="earlier version of stmcdi.*Train it again"):
         STMCDI.load(str(saved), adata=a)
+
+
+def test_default_impute_writes_the_estimate_alone_and_samples_only_when_asked():
+    _, held = held_out()
+    a = held.adata
+    model = trained(a)
+    model.impute()
+    assert "imputed" in a.layers and "imputed_std" not in a.layers
+    assert a.uns["stmcdi"]["impute"]["n_samples"] == 0
+    point = a.layers["imputed"].copy()
+    model.impute(n_samples=2)
+    np.testing.assert_allclose(a.layers["imputed"], point, atol=1e-5)  # samples move the spread, not the estimate
+    assert "imputed_std" in a.layers
+    with pytest.raises(ValueError, match="n_samples"):
+        model.impute(return_samples=True, inplace=False)

@@ -102,6 +102,10 @@ def _model_kwargs(args) -> tuple[dict, dict, dict]:
     impute = {"sampler": args.sampler, "readout": args.readout}
     if args.n_samples is not None:
         impute["n_samples"] = args.n_samples
+    if args.objective == "diffusion":  # it estimates by sampling: refuse 0 before training, default to 5
+        if args.n_samples == 0:
+            raise UsageError("--objective diffusion estimates by sampling: pass --n-samples 1 or more.")
+        impute.setdefault("n_samples", 5)
     model = {"encoder": args.encoder}
     if args.objective is not None:
         model["objective"] = args.objective

@@ -54,6 +54,8 @@ def run_imputation(model, adata: AnnData, *, target, readout, n_samples, sampler
         raise ValueError(f"sampler must be 'ddim' or 'ddpm', got {sampler!r}.")
     if model.module.objective == "diffusion" and n_samples == 0:
         raise ValueError("A model trained with objective='diffusion' estimates by sampling: pass n_samples >= 1.")
+    if return_samples and n_samples < 1:
+        raise ValueError("return_samples=True needs samples: pass n_samples >= 1 (e.g. n_samples=20).")
     if (genes is not None or return_samples) and inplace:
         raise ValueError("`genes` and `return_samples` return arrays: pass inplace=False.")
     cols = np.arange(adata.n_vars)
