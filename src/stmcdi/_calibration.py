@@ -267,12 +267,12 @@ def calibrate(model, *, n_samples: int = 10, sampler: str = "ddim", level: float
     network = np.empty(rows.size, dtype=np.float64)
     n_est = n_samples if model.module.objective == "diffusion" else 0
     for sel, est, _ in _held_back_passes(model, manager, spots, rows, n_est, sampler, gen):
-        network[sel] = est[sel]
+        network[sel] = est
     # the samples of the spread, on a few spots only (they are the costly part)
     draws, draw_pos = [], []
     if n_samples > 0:
         for sel, _, samples in _held_back_passes(model, manager, spread_spots, rows, n_samples, sampler, gen):
-            draws.append(samples[:, sel])
+            draws.append(samples)
             draw_pos.append(sel)
     t1 = time.perf_counter()
     stack = fit_stack(x, held, spatial_neighbours(model.adata, model.registry_["setup_args"]["spatial_key"]),
@@ -297,9 +297,9 @@ def calibrate(model, *, n_samples: int = 10, sampler: str = "ddim", level: float
 def _held_back_passes(model, manager, spots, rows, n_samples, sampler, gen):
     """Predict the held-back entries of ``spots`` batch by batch.
 
-    Yields ``(sel, est, samples)``: the positions ``sel`` in the held-back entries (``model.held_back_.nonzero()``)
-    of the batch's entries, and for every held-back entry an array where those positions hold the batch's
-    estimate (``est``) and its ``(n_samples, n)`` samples (``None`` without samples).
+    Yields ``(sel, est, samples)`` per batch: the positions ``sel`` of the batch's entries among the held-back
+    entries ``rows`` (``model.held_back_.nonzero()``), the network's estimate there and its ``(n_samples,
+    sel.size)`` samples (``None`` without samples).
     """
     held = model.held_back_
     cols = held.nonzero()[1]
@@ -319,13 +319,8 @@ def _held_back_passes(model, manager, spots, rows, n_samples, sampler, gen):
         where[seeds] = np.arange(seeds.size)
         sel = np.flatnonzero(where[rows] >= 0)
         local = where[rows[sel]]
-        full = np.zeros(rows.size, dtype=np.float64)
-        full[sel] = est.float().cpu().numpy()[local, cols[sel]]
-        drawn = None
-        if samples is not None:
-            drawn = np.zeros((samples.shape[0], rows.size), dtype=np.float32)
-            drawn[:, sel] = samples.float().cpu().numpy()[:, local, cols[sel]]
-        yield sel, full, drawn
+        drawn = None if samples is None else samples.float().cpu().numpy()[:, local, cols[sel]]
+        yield sel, est.float().cpu().numpy()[local, cols[sel]], drawn
 
 
 def stack_of(model) -> Stack | None:
