@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import _io
+from ._constants import SPREAD_SAMPLES
 from ._io import Interrupted, Staged, UsageError, one_line
 
 logger = logging.getLogger("stmcdi")
@@ -105,7 +106,7 @@ def _model_kwargs(args) -> tuple[dict, dict, dict]:
     if args.objective == "diffusion":  # it estimates by sampling: refuse 0 before training, default to 5
         if args.n_samples == 0:
             raise UsageError("--objective diffusion estimates by sampling: pass --n-samples 1 or more.")
-        impute.setdefault("n_samples", 5)
+        impute.setdefault("n_samples", SPREAD_SAMPLES)
     model = {"encoder": args.encoder}
     if args.objective is not None:
         model["objective"] = args.objective
@@ -197,7 +198,7 @@ def cmd_demo(args) -> int:
     model = stmcdi.STMCDI(masked, **model_kw)
     t1 = time.perf_counter()
     _train(model, train_kw, masked.shape, args)
-    model.impute(seed=args.seed, **{"n_samples": 5, **impute_kw})  # the figure shows the spread
+    model.impute(seed=args.seed, **{"n_samples": SPREAD_SAMPLES, **impute_kw})  # the figure shows the spread
     t_model = time.perf_counter() - t1
     results = {"stmcdi": (masked.layers["imputed"], t_model)}
     t2 = time.perf_counter()

@@ -28,6 +28,10 @@ class _KEYS_NT(NamedTuple):
 
 KEYS = _KEYS_NT()
 
+#: reverse-diffusion samples per spot where a spread is wanted: ``train`` fits the spread scale with them, and the
+#: demo and the benchmark's sampled runs draw them (``impute(n_samples=...)`` converts the scale to any number)
+SPREAD_SAMPLES = 5
+
 
 class _BATCH_KEYS_NT(NamedTuple):
     """Keys of the tensors a neighbourhood batch carries (see ``stmcdi._data``)."""

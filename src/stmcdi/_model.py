@@ -22,7 +22,7 @@ from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 from scvi.utils import setup_anndata_dsp
 
 from ._calibration import BestWeights, RelativeEarlyStopping, calibrate, resume_checkpoint
-from ._constants import BATCH_KEYS, KEYS, REGISTRY_KEYS
+from ._constants import BATCH_KEYS, KEYS, REGISTRY_KEYS, SPREAD_SAMPLES
 from ._data import NeighborhoodDataSplitter, neighborhood_loader, registered_counts
 from ._estimators import held_back_entries
 from ._module import STMCDIModule
@@ -34,9 +34,6 @@ from .pp._normalize import log_normalize
 
 logger = logging.getLogger(__name__)
 
-#: reverse-diffusion samples per spot with which ``train`` fits the spread scale (``impute(n_samples=...)`` converts
-#: it to any other number of samples)
-SPREAD_SAMPLES = 5
 #: most optimizer steps of a default training run (early stopping ends it sooner)
 MAX_STEPS = 3000
 #: optimizer steps between two checks of the held-back entries, checks without improvement before stopping, and

@@ -7,6 +7,8 @@ from collections.abc import Callable
 import numpy as np
 from anndata import AnnData
 
+from .._constants import SPREAD_SAMPLES
+
 
 def stmcdi_method(
     model_kwargs: dict | None = None,
@@ -26,7 +28,8 @@ def stmcdi_method(
     impute_kwargs
         Arguments of :meth:`~stmcdi.STMCDI.impute` (its ``seed`` defaults to the split's seed).
     samples
-        Draw samples (5 unless ``impute_kwargs`` says otherwise) and return them too, so that :func:`~stmcdi.benchmark.evaluate` scores CRPS and interval coverage.
+        Draw 5 samples per spot (unless ``impute_kwargs`` sets ``n_samples``) and return them too, so that
+        :func:`~stmcdi.benchmark.evaluate` scores CRPS and interval coverage.
 
     Returns
     -------
@@ -48,7 +51,7 @@ def stmcdi_method(
     train_kwargs = {"enable_progress_bar": False, **(train_kwargs or {})}
     impute_kwargs = dict(impute_kwargs or {})
     if samples:
-        impute_kwargs.setdefault("n_samples", 5)
+        impute_kwargs.setdefault("n_samples", SPREAD_SAMPLES)
 
     def method(adata: AnnData, *, layer: str | None = None, seed: int = 0, target: str = "missing",
                nonzero: bool = False) -> dict:
