@@ -89,3 +89,62 @@ def test_a_scale_chosen_with_five_draws_holds_with_fifty():
     held = np.mean(np.abs(truth - centre) <= 1.645 * sd)
     assert 0.88 <= held <= 0.93  # 90% again, where the five-draw scale itself would cover about 96%
     assert np.mean(np.abs(truth - centre) <= 1.645 * spread_sd(np.maximum(centre + scale * dev, 0.0))) > 0.94
+
+
+class _StopTrainer:
+    """What :class:`RelativeEarlyStopping` reads of a Lightning trainer."""
+
+    fast_dev_run, should_stop, current_epoch, global_step = False, False, 0, 0
+    callback_metrics: dict = {}
+
+    class strategy:
+        @staticmethod
+        def reduce_boolean_decision(decision, all=True):
+            return decision
+
+
+def _stop_step(errors, every, **kwargs):
+    """Step at which the rule stops a run whose checks, every ``every`` steps, score ``errors``."""
+    import torch
+
+    from stmcdi._calibration import RelativeEarlyStopping
+
+    cb, trainer = RelativeEarlyStopping(monitor="validation_mse", **kwargs), _StopTrainer()
+    for i, err in enumerate(errors):
+        trainer.global_step = every * (i + 1)
+        trainer.callback_metrics = {"validation_mse": torch.tensor(err)}
+        cb._run_early_stopping_check(trainer)
+        if trainer.should_stop:
+            return trainer.global_step
+    return None
+
+
+def test_early_stopping_waits_for_min_steps_and_counts_only_relative_improvements():
+    from stmcdi._model import MIN_IMPROVEMENT, PATIENCE
+
+    # held-back error of a DLPFC run (3,639 spots, a check every 57 steps)
+    errors = [0.06153, 0.06164, 0.06167, 0.06143, 0.06108, 0.06067, 0.06032, 0.06004, 0.05981, 0.05963, 0.05953,
+              0.0595, 0.05949, 0.0595, 0.05952, 0.05953]
+    # from step 456 on: 0.05981 and 0.05963 improve by more than 0.25%; 0.05953 .. 0.05949 do not; stop 3 checks on
+    assert _stop_step(errors, 57, rel=MIN_IMPROVEMENT, min_steps=400, patience=PATIENCE) == 57 * 13
+    # the three rises at the start would stop the run without the wait
+    assert _stop_step(errors, 57, rel=MIN_IMPROVEMENT, min_steps=0, patience=PATIENCE) == 57 * 4
+    # counting every improvement, however small, runs three checks longer
+    assert _stop_step(errors, 57, rel=0.0, min_steps=400, patience=PATIENCE) == 57 * 16
+
+
+def test_train_waits_two_horizons_of_the_weight_average():
+    import scvi
+
+    import stmcdi
+    from stmcdi._calibration import RelativeEarlyStopping
+    from stmcdi._model import MIN_HORIZONS, PATIENCE
+
+    adata = stmcdi.datasets.synthetic(n_spots=40, n_genes=12, seed=0)
+    stmcdi.STMCDI.setup_anndata(adata)
+    scvi.settings.seed = 0
+    model = stmcdi.STMCDI(adata, n_encoder_hidden=8, n_latent=4, n_channels=8)
+    model.train(max_epochs=30, enable_progress_bar=False)
+    (stop,) = [cb for cb in model.trainer.callbacks if isinstance(cb, RelativeEarlyStopping)]
+    decay = 1.0 - 10.0 / 30  # shortened to 1 - 10 / total_steps on a run of 30 steps
+    assert stop.patience == PATIENCE and stop.min_steps == MIN_HORIZONS * round(1.0 / (1.0 - decay))

@@ -38,7 +38,9 @@ logger = logging.getLogger(__name__)
 MAX_STEPS = 3000
 #: optimizer steps between two checks of the held-back entries, checks without improvement before stopping, and
 #: the least relative improvement that counts
-CHECK_STEPS, PATIENCE, MIN_IMPROVEMENT = 50, 5, 0.0025
+CHECK_STEPS, PATIENCE, MIN_IMPROVEMENT = 50, 3, 0.0025
+#: no stop before this many horizons ``1 / (1 - ema_decay)`` of the weight average
+MIN_HORIZONS = 2
 #: tokens of the denoiser at most (genes are grouped into tokens beyond that)
 MAX_TOKENS = 128
 #: rounds in which the zeros of ``impute(target="zeros")`` are filled, each hiding one random group of them
@@ -302,7 +304,7 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
 
         A few observed entries (5% of those of up to 1024 random spots) are held back from training. Every
         ``CHECK_STEPS`` (50) optimizer steps the network predicts them; training stops when that error has not
-        improved by 0.25% for 5 checks (and not before three horizons of the weight average, 600 steps at the
+        improved by 0.25% for 3 checks (and not before two horizons of the weight average, 400 steps at the
         default decay), and the weights of the best check are kept. Then the read-out is fitted on the
         same entries (see the docs page "Method"): the weights of the stack, the zero dispersion and the spread
         scale, stored in ``model.readout_``.
@@ -364,8 +366,8 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
         if decay is not None:
             callbacks.append(EMAWeightAveraging(decay=decay, use_buffers=False))
         if early_stopping and self.held_back_.nnz:
-            # no stop while the moving average still remembers its start: three of its horizons, 1 / (1 - decay)
-            min_steps = 3 * round(1.0 / (1.0 - decay)) if decay is not None else CHECK_STEPS * PATIENCE
+            # no stop while the moving average still remembers much of its start: MIN_HORIZONS of 1 / (1 - decay)
+            min_steps = MIN_HORIZONS * round(1.0 / (1.0 - decay)) if decay is not None else CHECK_STEPS * PATIENCE
             callbacks.append(RelativeEarlyStopping(MIN_IMPROVEMENT, min_steps=min_steps, monitor="validation_mse",
                                                    patience=PATIENCE))
         check_every = max(1, round(CHECK_STEPS / steps_per_epoch))
