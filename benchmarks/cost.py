@@ -128,7 +128,10 @@ def main() -> None:
         rows.append(json.loads(out))
         print(json.dumps(rows[-1]), flush=True)
         if args.csv:
-            pd.DataFrame([rows[-1]]).to_csv(args.csv, mode="a", header=not args.csv.exists(), index=False)
+            row = pd.DataFrame([rows[-1]])
+            if args.csv.exists():  # the file's columns, in its order (rows without scVI leave its column empty)
+                row = row.reindex(columns=pd.read_csv(args.csv, nrows=0).columns)
+            row.to_csv(args.csv, mode="a", header=not args.csv.exists(), index=False)
     df = pd.DataFrame(rows)
     cols = ["section", "n_obs", "steps", "seconds_per_step", "train_seconds", "impute_seconds_per_1000_spots",
             "total_seconds", "peak_rss_gb", "step_gflops_achieved", "matmul_gflops"]
