@@ -562,3 +562,23 @@ def test_benchmark_chooses_the_panel_in_each_split(tmp_path, capsys):
                  "--n-genes", "12", "--panel", "cv", "--csv", str(csv)]) == 0
     assert "12 genes (cv panel chosen in each split on its observed counts)" in capsys.readouterr().out
     assert pd.read_csv(csv)["n_scored"].iloc[0] > 0
+
+
+def test_a_signal_that_library_code_turns_into_another_error_is_reported_as_the_interruption(
+        section, tmp_path, monkeypatch, capsys):
+    def terminate_inside_a_catch_all(path):
+        # as pandas' C code did in the logger: the handler's exception is caught and replaced by a TypeError
+        assert signal.getsignal(signal.SIGTERM) is _io._raise_interrupted
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(10)
+        except BaseException:  # noqa: BLE001 - a catch-all is what is simulated
+            raise TypeError("Input must be a list / sequence of array-likes.") from None
+
+    write, seen = _write_then(terminate_inside_a_catch_all)
+    monkeypatch.setattr(ad.AnnData, "write_h5ad", write)
+    dst = tmp_path / "out.h5ad"
+    assert main(["impute", str(section), "-o", str(dst), *TINY]) == 128 + signal.SIGTERM
+    assert "interrupted by SIGTERM" in capsys.readouterr().err
+    assert not dst.exists() and _leftovers(tmp_path) == []
+    assert signal.getsignal(signal.SIGTERM) is not _io._raise_interrupted  # handlers restored

@@ -564,7 +564,12 @@ def main(argv: list[str] | None = None) -> int:
     debug = args.debug or args.verbose >= 2
     with _io.cli_logging(args.verbose, args.quiet), _io.raise_on_signals(), _io.passive_openmp():
         try:
-            return int(args.func(args) or 0)
+            try:
+                return int(args.func(args) or 0)
+            except Exception as err:
+                if _io.received_signal() is not None:  # library code turned the signal's exception into its own
+                    raise Interrupted(_io.received_signal()) from err
+                raise
         except UsageError as err:
             return _fail(one_line(err), debug)
         except MemoryError as err:

@@ -297,8 +297,21 @@ class Staged(contextlib.AbstractContextManager):
         self._clean()
 
 
+_received: list[int] = []  # signals turned into Interrupted in the current raise_on_signals block
+
+
 def _raise_interrupted(signum, frame) -> None:
+    _received.append(int(signum))
     raise Interrupted(signum)
+
+
+def received_signal() -> int | None:
+    """The first signal received in the current :func:`raise_on_signals` block, or ``None``.
+
+    The handler raises wherever the main thread is; library code that catches every exception can replace
+    :class:`Interrupted` with an error of its own, which the caller then reports as the interruption it is.
+    """
+    return _received[0] if _received else None
 
 
 @contextlib.contextmanager
@@ -315,6 +328,7 @@ def raise_on_signals(signums: Iterable[int] = (signal.SIGTERM, signal.SIGINT)) -
     ``None``.
     """
     previous = {}
+    _received.clear()
     for s in signums:
         try:
             previous[s] = signal.signal(s, _raise_interrupted)
