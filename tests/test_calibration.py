@@ -127,7 +127,7 @@ def test_early_stopping_waits_for_min_steps_and_counts_only_relative_improvement
               0.0595, 0.05949, 0.0595, 0.05952, 0.05953]
     # from step 456 on: 0.05981 and 0.05963 improve by more than 0.25%; 0.05953 .. 0.05949 do not; stop 3 checks on
     assert _stop_step(errors, 57, rel=MIN_IMPROVEMENT, min_steps=400, patience=PATIENCE) == 57 * 13
-    # the three rises at the start would stop the run without the wait
+    # without the wait, the three checks after the first (none 0.25% better) would stop the run at step 228
     assert _stop_step(errors, 57, rel=MIN_IMPROVEMENT, min_steps=0, patience=PATIENCE) == 57 * 4
     # counting every improvement, however small, runs three checks longer
     assert _stop_step(errors, 57, rel=0.0, min_steps=400, patience=PATIENCE) == 57 * 16

@@ -567,7 +567,7 @@ def test_benchmark_chooses_the_panel_in_each_split(tmp_path, capsys):
 def test_a_signal_that_library_code_turns_into_another_error_is_reported_as_the_interruption(
         section, tmp_path, monkeypatch, capsys):
     def terminate_inside_a_catch_all(path):
-        # as pandas' C code did in the logger: the handler's exception is caught and replaced by a TypeError
+        # as pandas did once during training: the handler's exception is caught and replaced by a TypeError
         assert signal.getsignal(signal.SIGTERM) is _io._raise_interrupted
         try:
             os.kill(os.getpid(), signal.SIGTERM)

@@ -567,8 +567,8 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 return int(args.func(args) or 0)
             except Exception as err:
-                if _io.received_signal() is not None:  # library code turned the signal's exception into its own
-                    raise Interrupted(_io.received_signal()) from err
+                if (signum := _io.received_signal()) is not None:  # library code replaced the signal's exception
+                    raise Interrupted(signum) from err
                 raise
         except UsageError as err:
             return _fail(one_line(err), debug)
