@@ -302,12 +302,12 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
     ) -> None:
         """Train the network, then fit the read-out on the held-back entries.
 
-        A few observed entries (5% of those of up to 1024 random spots) are held back from training. Every
-        ``CHECK_STEPS`` (50) optimizer steps the network predicts them; training stops when that error has not
-        improved by 0.25% for 3 checks (and not before two horizons of the weight average, 400 steps at the
-        default decay), and the weights of the best check are kept. Then the read-out is fitted on the
-        same entries (see the docs page "Method"): the weights of the stack, the zero dispersion and the spread
-        scale, stored in ``model.readout_``.
+        A few observed entries (5% of those of up to 1024 random spots) are held back from training. About every
+        ``CHECK_STEPS`` (50) optimizer steps (in whole epochs: every epoch where an epoch is longer) the network
+        predicts them; training stops when that error has not improved by 0.25% for 3 checks (and not before two
+        horizons of the weight average, 400 steps at the default decay), and the weights of the best check are kept.
+        Then the read-out is fitted on the same entries (see the docs page "Method"): the weights of the stack, the
+        zero dispersion and the spread scale, stored in ``model.readout_``.
 
         Parameters
         ----------
