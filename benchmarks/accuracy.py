@@ -68,7 +68,9 @@ def run(csv: Path, sections: list[str], seeds: list[int], with_scvi: bool, data:
                     pd.DataFrame([{"section": label, **row}]).to_csv(csv, mode="a", header=not csv.exists(),
                                                                       index=False)
 
-                chosen = {"stmcdi": stmcdi_method(samples=True)} if stmcdi_only else methods(with_scvi)
+                chosen = methods(with_scvi)
+                if stmcdi_only:
+                    chosen = {"stmcdi": chosen["stmcdi"]}
                 evaluate(adata, chosen, protocols=[(protocol, ratio)], seeds=[seed], panel=panel,
                          on_result=write)
 
