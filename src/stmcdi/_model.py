@@ -27,6 +27,7 @@ from ._data import NeighborhoodDataSplitter, neighborhood_loader, registered_cou
 from ._estimators import held_back_entries
 from ._module import STMCDIModule
 from ._targets import draw_targets
+from ._threads import with_one_blas_thread
 from ._training_plan import DiffusionTrainingPlan
 from ._validation import check_counts, check_not_view, check_number, get_coordinates, get_layer, missing_mask
 from .pp._graph import check_neighbor_table, spatial_graph
@@ -287,6 +288,7 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
         return super().load(dir_path, adata=adata, **kwargs)
 
     # ----------------------------------------------------------------------------- training
+    @with_one_blas_thread
     def train(
         self,
         max_epochs: int | None = None,
@@ -411,6 +413,7 @@ class STMCDI(UnsupervisedTrainingMixin, BaseModelClass):
         return max(1, budget // max(int(n_samples), 1))
 
     # ----------------------------------------------------------------------------- outputs
+    @with_one_blas_thread
     @torch.inference_mode()
     def impute(
         self,
