@@ -2,8 +2,8 @@
 
 Training and imputation interleave small NumPy / SciPy products (each batch's expression neighbours, the
 read-out's estimates) with torch's computation. NumPy's BLAS (OpenBLAS in the PyPI wheels) keeps its threads
-spinning for a while after each product, on the same cores as torch's OpenMP threads: on a 2-core machine the
-training step took 0.18 s instead of 0.11 s. Within :meth:`~stmcdi.STMCDI.train` and
+spinning for a while after each product, on the cores torch's OpenMP threads use, which slows every step
+(measured on the Benchmarks page). Within :meth:`~stmcdi.STMCDI.train` and
 :meth:`~stmcdi.STMCDI.impute` the BLAS libraries loaded outside torch therefore run on one thread; torch's own
 threads (``torch.set_num_threads``) are left alone, and the previous settings come back on return.
 """
