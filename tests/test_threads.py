@@ -1,11 +1,11 @@
 import numpy as np
 import scvi
 import torch
-from lightning.pytorch.callbacks import Callback
-from threadpoolctl import threadpool_info
+from threadpoolctl import threadpool_info, threadpool_limits
 
 import stmcdi
 from stmcdi import STMCDI
+from stmcdi._data import NeighborhoodCollate
 from stmcdi._threads import one_blas_thread, with_one_blas_thread
 
 SMALL = {"n_channels": 8, "n_latent": 8, "n_encoder_hidden": 16, "genes_per_token": 4, "n_diffusion_steps": 20}
@@ -19,12 +19,13 @@ def numpy_blas_threads() -> list[int]:
 
 def test_one_blas_thread_limits_numpy_blas_and_restores_it():
     np.ones((4, 4)) @ np.ones((4, 4))  # NumPy's BLAS is loaded
-    before, torch_threads = numpy_blas_threads(), torch.get_num_threads()
-    assert before, "NumPy's BLAS not found by threadpoolctl"
-    with one_blas_thread():
-        assert numpy_blas_threads() == [1] * len(before)
-        assert torch.get_num_threads() == torch_threads  # torch's own threads are left alone
-    assert numpy_blas_threads() == before
+    with threadpool_limits(limits=2, user_api="blas"):  # two threads whatever OMP_NUM_THREADS says
+        before, torch_threads = numpy_blas_threads(), torch.get_num_threads()
+        assert before and set(before) == {2}, "NumPy's BLAS not found by threadpoolctl"
+        with one_blas_thread():
+            assert numpy_blas_threads() == [1] * len(before)
+            assert torch.get_num_threads() == torch_threads  # torch's own threads are left alone
+        assert numpy_blas_threads() == before
 
 
 def test_decorator_keeps_name_doc_and_value():
@@ -33,25 +34,31 @@ def test_decorator_keeps_name_doc_and_value():
         """Doc."""
         return numpy_blas_threads(), x
 
-    threads, x = f(3)
+    with threadpool_limits(limits=2, user_api="blas"):
+        threads, x = f(3)
     assert x == 3 and set(threads) == {1}
     assert f.__name__ == "f" and f.__doc__ == "Doc."
 
 
-def test_train_and_impute_run_numpy_blas_on_one_thread():
-    class Record(Callback):
-        seen: list = []
+def test_train_and_impute_batches_run_numpy_blas_on_one_thread(monkeypatch):
+    seen = {"train": [], "impute": []}
+    phase = ["train"]
+    collate = NeighborhoodCollate.__call__
 
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            self.seen.append(max(numpy_blas_threads()))
+    def recording(self, batch):
+        seen[phase[0]].append(max(numpy_blas_threads()))
+        return collate(self, batch)
 
+    monkeypatch.setattr(NeighborhoodCollate, "__call__", recording)
     adata = stmcdi.benchmark.hold_out(stmcdi.datasets.synthetic(n_spots=60, n_genes=20, seed=1), "entries", 0.1).adata
     scvi.settings.seed = 0
     STMCDI.setup_anndata(adata)
     model = STMCDI(adata, **SMALL)
-    before = numpy_blas_threads()
-    model.train(max_epochs=1, batch_size=32, enable_progress_bar=False, callbacks=[Record()])
-    assert Record.seen and set(Record.seen) == {1}
-    assert numpy_blas_threads() == before  # restored after training
-    model.impute()
-    assert numpy_blas_threads() == before
+    with threadpool_limits(limits=2, user_api="blas"):
+        model.train(max_epochs=1, batch_size=32, enable_progress_bar=False)
+        assert set(numpy_blas_threads()) == {2}  # restored after training
+        phase[0] = "impute"
+        model.impute()
+        assert set(numpy_blas_threads()) == {2}
+    assert seen["train"] and set(seen["train"]) == {1}
+    assert seen["impute"] and set(seen["impute"]) == {1}
